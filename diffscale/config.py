@@ -1,0 +1,193 @@
+"""Load a Python config (mmengine `Config`, `_base_` inheritance), apply `--cfg-options`, validate, dump.
+
+Validation runs before any process group or model exists, so a typo costs seconds, not a queue slot.
+Every failure is a ConfigError whose message names the key and what was expected.
+"""
+
+import ast
+import inspect
+from pathlib import Path
+from typing import Any
+
+from mmengine.config import Config
+
+from diffscale import registry as R
+from diffscale.errors import ConfigError, closest
+
+STRATEGY_TYPES = ("ddp", "fsdp", "deepspeed")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+# (dotted key, expected Python kind(s), required). Everything users and scripts rely on (DESIGN.md §3).
+SCHEMA: list[tuple[str, tuple[type, ...], bool]] = [
+    ("work_dir", (str,), True),
+    ("model", (dict,), True),
+    ("objective", (dict,), True),
+    ("data", (dict,), True),
+    ("data.train", (dict,), True),
+    ("optimizer", (dict,), True),
+    ("lr_schedule", (dict,), True),
+    ("strategy", (dict,), True),
+    ("strategy.type", (str,), True),
+    ("strategy.zero_stage", (int,), False),
+    ("train_cfg", (dict,), True),
+    ("train_cfg.max_iters", (int,), True),
+    ("train_cfg.batch_size", (int,), True),
+    ("train_cfg.batch_gpu", (int,), True),
+    ("train_cfg.precision", (str,), True),
+    ("train_cfg.seed", (int,), True),
+    ("train_cfg.grad_clip", (int, float, type(None)), False),
+    ("train_cfg.max_nonfinite_steps", (int,), False),
+    ("train_cfg.log_interval", (int,), False),
+    ("checkpoint", (dict,), True),
+    ("checkpoint.interval", (int,), True),
+    ("checkpoint.keep", (int,), True),
+    ("hooks", (list, tuple), True),
+    ("evaluators", (list, tuple), True),
+]
+
+# Where each top-level component's `type` is looked up.
+COMPONENT_REGISTRIES = {
+    "model": R.MODELS,
+    "objective": R.OBJECTIVES,
+    "data.train": R.DATASETS,
+    "optimizer": R.OPTIMIZERS,
+    "lr_schedule": R.LR_SCHEDULES,
+    "sampler": R.SAMPLERS,
+}
+
+
+def _is_mapping(node: Any) -> bool:
+    return isinstance(node, (dict, Config))
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif _is_mapping(node) and part in node:
+            node = node[part]
+        else:
+            raise KeyError(dotted)
+    return node
+
+
+def _parse_value(text: str) -> Any:
+    """`--cfg-options` values are Python literals (1, 0.5, 'x', [1, 2], None, True); anything else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_options(cfg: Config, options: list[str]) -> None:
+    """Apply `a.b=c` overrides. Only keys that already exist may be set, so a typo cannot pass silently."""
+    for option in options:
+        if "=" not in option:
+            raise ConfigError(f"--cfg-options '{option}': expected KEY=VALUE")
+        dotted, text = option.split("=", 1)
+        parent_key, _, leaf = dotted.rpartition(".")
+        try:
+            parent = _get(cfg, parent_key) if parent_key else cfg
+        except KeyError:
+            raise ConfigError(f"--cfg-options {dotted}: unknown key '{parent_key}'") from None
+        if isinstance(parent, list) and leaf.isdigit() and int(leaf) < len(parent):
+            parent[int(leaf)] = _parse_value(text)
+            continue
+        if not _is_mapping(parent) or leaf not in parent:
+            names = list(parent.keys()) if _is_mapping(parent) else []
+            raise ConfigError(
+                f"--cfg-options {dotted}: unknown key '{leaf}' in '{parent_key or '<root>'}'; "
+                f"closest: {closest(leaf, names) or '(none)'}"
+            )
+        parent[leaf] = _parse_value(text)
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    return " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+
+
+def validate(cfg: Config) -> None:
+    """Check required keys, kinds, enumerations and component types. Raises ConfigError."""
+    for dotted, kinds, required in SCHEMA:
+        try:
+            value = _get(cfg, dotted)
+        except KeyError:
+            if required:
+                raise ConfigError(f"{dotted}: missing required key (expected {_kind_name(kinds)})") from None
+            continue
+        # bool is an int subclass; a flag where a count is expected is a mistake.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ConfigError(f"{dotted}: expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}")
+    if cfg.strategy["type"] not in STRATEGY_TYPES:
+        raise ConfigError(f"strategy.type: expected one of {STRATEGY_TYPES}, got '{cfg.strategy['type']}'")
+    if cfg.strategy["type"] == "deepspeed" and cfg.strategy.get("zero_stage", 0) not in (0, 1, 2, 3):
+        raise ConfigError(f"strategy.zero_stage: expected 0, 1, 2 or 3, got {cfg.strategy['zero_stage']}")
+    if cfg.train_cfg["precision"] not in PRECISIONS:
+        raise ConfigError(f"train_cfg.precision: expected one of {PRECISIONS}, got '{cfg.train_cfg['precision']}'")
+    for key in ("train_cfg.max_iters", "train_cfg.batch_size", "train_cfg.batch_gpu", "checkpoint.interval"):
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"{key}: expected a positive integer, got {_get(cfg, key)}")
+    for key, registry in COMPONENT_REGISTRIES.items():
+        try:
+            component = _get(cfg, key)
+        except KeyError:
+            continue
+        _check_type(component, registry, key)
+    for i, hook in enumerate(cfg.hooks):
+        _check_type(hook, R.HOOKS, f"hooks.{i}")
+    for i, evaluator in enumerate(cfg.evaluators):
+        _check_type(evaluator, R.EVALUATORS, f"evaluators.{i}")
+
+
+def _check_type(component: Any, registry: Any, key: str) -> None:
+    if not isinstance(component, dict) or "type" not in component:
+        raise ConfigError(f"{key}: expected a dict with a 'type' key, got {component!r}")
+    R.lookup(registry, component["type"], key)
+
+
+def batch_arithmetic(batch_size: int, batch_gpu: int, world_size: int) -> int:
+    """Gradient-accumulation rounds so that batch_size == batch_gpu * accum * world_size."""
+    per_round = batch_gpu * world_size
+    if batch_size % per_round != 0:
+        raise ConfigError(
+            f"train_cfg.batch_size: {batch_size} is not a multiple of train_cfg.batch_gpu * world_size = "
+            f"{batch_gpu} * {world_size} = {per_round} (batch_size == batch_gpu * accum * world_size)"
+        )
+    return batch_size // per_round
+
+
+def load_config(path: str, options: list[str] | None = None, work_dir: str | None = None) -> Config:
+    """Read, override, default `work_dir` to work_dirs/<config name>, and validate."""
+    import diffscale.components  # noqa: F401  (fills the registries before types are checked)
+
+    if not Path(path).is_file():
+        raise ConfigError(f"config: no such file '{path}'")
+    try:
+        cfg = Config.fromfile(path)
+    except (SyntaxError, KeyError, ImportError, NameError) as exc:
+        raise ConfigError(f"config {path}: {type(exc).__name__}: {exc}") from None
+    apply_options(cfg, options or [])
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif "work_dir" not in cfg:
+        cfg.work_dir = str(Path("work_dirs") / Path(path).stem)
+    validate(cfg)
+    return cfg
+
+
+def _named_types(node: Any) -> Any:
+    """Replace class objects by their names so that the dumped config is plain, re-loadable Python."""
+    if isinstance(node, dict):
+        return {k: _named_types(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(_named_types(v) for v in node)
+    if inspect.isclass(node) or inspect.isfunction(node):
+        return node.__name__
+    return node
+
+
+def dump(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config (after `_base_` and `--cfg-options`) as a Python file."""
+    lines = [f"{k} = {v!r}" for k, v in _named_types(cfg.to_dict()).items()]
+    Path(path).write_text("# Resolved config written by diffscale.\n" + "\n".join(lines) + "\n")

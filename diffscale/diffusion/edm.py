@@ -1,0 +1,122 @@
+"""EDM preconditioning and loss (Karras et al. 2022, "Elucidating..."; EDM2 2024 learned log-variance).
+
+Preconditioning (EDM Table 1): D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) with
+c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1 / sqrt(sigma^2 + sd^2),
+c_noise = ln(sigma) / 4, sd = sigma_data.
+Loss (EDM2 eq. 4 with learned uncertainty u(sigma) = logvar):
+L = (weight / exp(logvar)) ||D - y||^2 + logvar, weight = (sigma^2 + sd^2) / (sigma sd)^2,
+ln sigma ~ N(P_mean, P_std^2).
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from diffscale.registry import MODELS, OBJECTIVES, build
+
+
+class FourierEmbedding(nn.Module):
+    """cos(2 pi (f x + p)) features with fixed random f ~ N(0, 1), p ~ U(0, 1), seeded so every rank agrees."""
+
+    def __init__(self, num_channels: int, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("freqs", torch.randn(num_channels, generator=gen))
+        self.register_buffer("phases", torch.rand(num_channels, generator=gen))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.outer(x.flatten().float(), self.freqs) + self.phases
+        return torch.cos(2 * math.pi * y) * math.sqrt(2)  # sqrt(2): unit second moment
+
+
+@MODELS.register_module()
+class EDMPrecond(nn.Module):
+    """Wraps a denoiser body `net` (a config dict or module) with EDM preconditioning.
+
+    forward(x[B, ...], sigma[B], class_labels[B] int or [B, label_dim] float | None) -> D(x) [B, ...];
+    with return_logvar=True also the learned per-sigma log-variance [B].
+    """
+
+    def __init__(self, net: dict | nn.Module, sigma_data: float = 0.5, label_dim: int = 0, logvar_channels: int = 128):
+        super().__init__()
+        self.net = build(MODELS, net, "model.net") if isinstance(net, dict) else net
+        self.sigma_data = sigma_data
+        self.label_dim = label_dim
+        self.logvar_fourier = FourierEmbedding(logvar_channels)
+        self.logvar_linear = nn.Linear(logvar_channels, 1)
+        nn.init.zeros_(self.logvar_linear.weight)  # start at logvar = 0: plain EDM weighting
+        nn.init.zeros_(self.logvar_linear.bias)
+
+    def one_hot(self, class_labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        if class_labels is None:  # unconditional: the all-zero label, as in CFG training
+            return torch.zeros(batch, self.label_dim, device=device)
+        if class_labels.ndim == 1:
+            return nn.functional.one_hot(class_labels.long(), self.label_dim).float()
+        return class_labels.float()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        return_logvar: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        sigma = sigma.to(torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
+        sd = self.sigma_data
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+        c_in = 1 / (sd**2 + sigma**2).sqrt()
+        c_noise = sigma.flatten().log() / 4
+        labels = self.one_hot(class_labels, x.shape[0], x.device)
+        F_x = self.net(c_in * x, c_noise, labels)
+        D_x = c_skip * x + c_out * F_x.to(torch.float32)
+        if not return_logvar:
+            return D_x
+        # clone(): return a fresh tensor, not a view; FSDP2 hooks the outputs of a sharded module.
+        logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1).clone()
+        return D_x, logvar
+
+
+@OBJECTIVES.register_module()
+class EDMLoss:
+    """Per-example EDM / EDM2 loss. `sample_noise` and `per_example` are separate so that two models
+    (learner and reference, for curation) can be scored on the same sigma and noise."""
+
+    def __init__(
+        self,
+        P_mean: float = -1.2,  # mean of ln(sigma)
+        P_std: float = 1.2,  # std of ln(sigma)
+        sigma_data: float = 0.5,  # std of the data
+        learned_logvar: bool = True,  # EDM2 uncertainty weighting; False is plain EDM
+        reduction: str = "mean",  # over the non-batch dims of one example: 'mean' or 'sum' (EDM2 sums)
+    ):
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"objective.reduction: expected 'mean' or 'sum', got '{reduction}'")
+        self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
+        self.learned_logvar, self.reduction = learned_logvar, reduction
+
+    def sample_noise(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma[B], unit noise[B, ...]) drawn from `generator` on x's device."""
+        rnd = torch.randn(x.shape[0], device=x.device, generator=generator)
+        sigma = (rnd * self.P_std + self.P_mean).exp()
+        noise = torch.randn(x.shape, device=x.device, generator=generator)
+        return sigma, noise
+
+    def per_example(
+        self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, sigma: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Loss of each example [B] (float32)."""
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        D_x, logvar = model(x + noise * s, sigma, labels, return_logvar=True)
+        weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
+        err = (weight * (D_x.float() - x.float()) ** 2).flatten(1)
+        err = err.mean(1) if self.reduction == "mean" else err.sum(1)
+        if not self.learned_logvar:
+            return err
+        n = 1 if self.reduction == "mean" else x[0].numel()
+        return err / logvar.float().exp() + n * logvar.float()
+
+    def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        sigma, noise = self.sample_noise(batch["x"], generator)
+        return self.per_example(model, batch["x"], batch.get("label"), sigma, noise)

@@ -1,0 +1,49 @@
+"""ToyPlotHook: sample the 2D toy with the EDM Heun sampler and plot over the ground truth (PNG + TensorBoard)."""
+
+import torch
+
+from diffscale.data.toy import tree_mixture
+from diffscale.engine.hooks.base import Hook
+from diffscale.evaluation.toy_plot import plot_samples
+from diffscale.registry import HOOKS, MODELS, SAMPLERS, build
+
+
+@HOOKS.register_module()
+class ToyPlotHook(Hook):
+    """Every `interval` steps (0: only at the end) plot `num_samples` samples of the raw weights and of
+    the average `ema` (a key such as 'pf_0.100', None for none)."""
+
+    def __init__(self, interval: int = 0, num_samples: int = 4096, sampler: dict | None = None,
+                 ema: str | None = "pf_0.100", seed: int = 0):
+        self.interval, self.num_samples, self.ema, self.seed = interval, num_samples, ema, seed
+        self.sampler_cfg = sampler or dict(type="EDMHeunSampler", num_steps=32, sigma_max=5.0)
+
+    def before_run(self, trainer) -> None:
+        super().before_run(trainer)
+        self.mixture = tree_mixture()
+        self.sampler = build(SAMPLERS, self.sampler_cfg, "ToyPlotHook.sampler")
+
+    def after_step(self, metrics: dict) -> None:
+        if self.interval and self.trainer.step % self.interval == 0 and self.trainer.step != self.trainer.max_iters:
+            self.plot()
+
+    def after_run(self) -> None:
+        self.plot()
+
+    def plot(self) -> None:
+        trainer = self.trainer
+        variants = {"raw": trainer.consolidated_state(None)}  # collective: every rank takes part
+        if self.ema is not None:
+            variants[self.ema] = trainer.consolidated_state(self.ema)
+        if not trainer.dist.is_main:
+            return
+        gen = torch.Generator().manual_seed(self.seed)
+        labels = torch.arange(self.num_samples) % 2
+        noise = torch.randn(self.num_samples, 2, generator=gen)
+        for name, state in variants.items():
+            net = build(MODELS, trainer.cfg.model, "model").eval()
+            net.load_state_dict(state, strict=False)
+            samples = self.sampler(net, noise, labels)
+            path = trainer.work_dir / "samples" / f"toy_{name}_iter_{trainer.step:07d}.png"
+            image = plot_samples(self.mixture, samples, labels, path, title=f"{name}, step {trainer.step}")
+            trainer.writer.add_image(f"samples/{name}", image, trainer.step, dataformats="HWC")
