@@ -121,8 +121,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{dotted}: expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}")
     if cfg.strategy["type"] not in STRATEGY_TYPES:
         raise ConfigError(f"strategy.type: expected one of {STRATEGY_TYPES}, got '{cfg.strategy['type']}'")
-    if cfg.strategy["type"] == "deepspeed" and cfg.strategy.get("zero_stage", 0) not in (0, 1, 2, 3):
-        raise ConfigError(f"strategy.zero_stage: expected 0, 1, 2 or 3, got {cfg.strategy['zero_stage']}")
+    if cfg.strategy["type"] == "deepspeed" and cfg.strategy.get("zero_stage", 2) not in (1, 2, 3):
+        raise ConfigError(f"strategy.zero_stage: expected 1, 2 or 3, got {cfg.strategy['zero_stage']}")
     if cfg.train_cfg["precision"] not in PRECISIONS:
         raise ConfigError(f"train_cfg.precision: expected one of {PRECISIONS}, got '{cfg.train_cfg['precision']}'")
     for key in ("train_cfg.max_iters", "train_cfg.batch_size", "train_cfg.batch_gpu", "checkpoint.interval"):

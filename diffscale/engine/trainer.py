@@ -72,10 +72,11 @@ class Trainer:
         self.strategy.prepare(model, dict(cfg.optimizer), self.batch_gpu, self.accum, self.grad_clip)
         # Noise (sigma, n) comes from a per-rank generator whose state is checkpointed.
         self.generator = torch.Generator(dist_info.device).manual_seed(tc.seed * 1000 + dist_info.rank)
+        # The checkpoint hook runs last, so a checkpoint holds every hook's update of that step.
         self.hooks: list[Hook] = [
             LoggerHook(interval=tc.get("log_interval", 10)),
-            CheckpointHook(**cfg.checkpoint),
             *(build(HOOKS, h, f"hooks.{i}") for i, h in enumerate(cfg.hooks)),
+            CheckpointHook(**cfg.checkpoint),
         ]
 
     # ------------------------------------------------------------------ the loop
@@ -132,8 +133,9 @@ class Trainer:
         self.skipped_steps += 1
         if status == STEP_NONFINITE:
             self.nonfinite_in_a_row += 1
-            log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
-                        self.step, self.nonfinite_in_a_row)
+            if self.dist.is_main:  # the decision is global: say it once
+                log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
+                            self.step, self.nonfinite_in_a_row)
             if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
                 raise NonFiniteLossError(
                     f"{self.nonfinite_in_a_row} non-finite steps in a row at step {self.step} "
