@@ -17,7 +17,6 @@ CASES = {  # name: (processes, cfg-options, tolerance)
     "single": (1, (), 0.0),
     "ddp": (2, (), 0.0),
     "fsdp": (2, ("strategy.type=fsdp",), 1e-6),
-    "zero2": (2, ("strategy.type=deepspeed", "strategy.zero_stage=2"), 1e-6),
     "zero3": (2, ("strategy.type=deepspeed", "strategy.zero_stage=3"), 1e-6),
 }
 

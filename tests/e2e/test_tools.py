@@ -1,0 +1,53 @@
+"""The tools as a user runs them: dist_train.sh, train.py on the toy config, export, benchmark."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from tests.helpers import ROOT, env, export, free_port, last_checkpoint, run
+
+
+@pytest.mark.dist
+def test_dist_train_script_two_processes(tmp_path):
+    cmd = ["bash", str(ROOT / "tools/dist_train.sh"), str(ROOT / "tests/configs/toy_small.py"), "2",
+           "--work-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, env=dict(env(), PORT=str(free_port())), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world size 2" in proc.stderr
+    assert last_checkpoint(tmp_path).name == "iter_0000010"
+
+
+def test_toy_main_job_writes_plot_checkpoints_and_config(tmp_path):
+    """The Quick start job, shortened: the same config, fewer steps."""
+    run([sys.executable, str(ROOT / "tools/train.py"), str(ROOT / "configs/toy/tree2d_baseline.py"),
+         "--work-dir", str(tmp_path), "--cfg-options", "train_cfg.max_iters=40", "checkpoint.interval=20",
+         "hooks.1.num_samples=512"])
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["iter_0000020", "iter_0000040"]
+    for name in ("raw", "pf_0.050"):
+        image = Image.open(tmp_path / "samples" / f"toy_{name}_iter_0000040.png")
+        assert image.size[0] > 400 and image.size[1] > 300
+    assert "train_cfg = {" in (tmp_path / "config.py").read_text()
+    assert (tmp_path / "train.log").read_text().count("step 40/40") == 1
+    weights = export(last_checkpoint(tmp_path), tmp_path / "toy.safetensors")
+    assert {"model.net.inp.weight", "ema.pf_0.050.net.inp.weight", "ema.pf_0.100.net.inp.weight"} <= set(weights)
+
+
+def test_export_of_a_non_checkpoint_fails_clearly(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/export_checkpoint.py"), str(tmp_path), "x.st"],
+                          env=env(), capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "not a diffscale checkpoint (expected model.pt, dcp/ or ds/ inside)" in proc.stderr
+
+
+def test_benchmark_writes_table_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run([sys.executable, str(ROOT / "tools/benchmark.py"), "--batch", "256", "--steps", "3", "--rounds", "1",
+                "--warmup", "2", "--out", str(out)])
+    assert "ratio" in proc.stdout
+    result = json.loads(out.read_text())["trainer"]
+    assert result["trainer_ms_per_step"] > 0 and result["bare_ms_per_step"] > 0
+    assert result["ratio"] == pytest.approx(result["trainer_ms_per_step"] / result["bare_ms_per_step"])

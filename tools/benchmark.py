@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""tools/benchmark.py [--suite trainer ...] [--out FILE.json]: hot-path benchmarks, measured in one run,
+printed as a table and written as JSON. Ratios compare runs interleaved in the same process.
+
+Suites:
+  trainer  the trainer's full step (loop, hooks, logging, step-status check) against a bare PyTorch
+           loop of the same toy model, batch, data stream, loss and optimizer. Target: ratio <= 1.10.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _time_steps(step_fn, steps: int) -> float:
+    """Seconds per step over `steps` calls (synchronising a GPU at the ends only)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step_fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+def bench_trainer(args: argparse.Namespace) -> dict:
+    import tempfile
+
+    from diffscale.config import load_config
+    from diffscale.engine.trainer import Trainer
+    from diffscale.registry import DATASETS, MODELS, OBJECTIVES, OPTIMIZERS, build
+    from diffscale.utils.dist import init_distributed
+
+    options = [f"train_cfg.batch_size={args.batch}", f"train_cfg.batch_gpu={args.batch}", "hooks=[]",
+               "train_cfg.max_iters=1000000", "checkpoint.interval=1000000", "train_cfg.log_interval=50"]
+    work_dir = tempfile.mkdtemp(prefix="diffscale-bench-")
+    cfg = load_config(str(ROOT / "configs/toy/tree2d_baseline.py"), options, work_dir)
+    dist_info = init_distributed("none")
+    trainer = Trainer(cfg, dist_info)
+    for hook in trainer.hooks:
+        hook.before_run(trainer)
+    trainer.hooks[0].bar.disable = True
+
+    def trainer_step() -> None:
+        metrics = trainer._train_step()
+        for hook in trainer.hooks:
+            hook.after_step(metrics)
+
+    # The bare loop: same model config, seed, data stream, loss and optimizer; nothing else.
+    torch.manual_seed(cfg.train_cfg.seed)
+    model = build(MODELS, cfg.model, "model").to(dist_info.device)
+    objective = build(OBJECTIVES, cfg.objective, "objective")
+    optimizer = build(OPTIMIZERS, dict(cfg.optimizer), "optimizer", params=list(model.parameters()))
+    loader = build(DATASETS, cfg.data.train, "data.train", batch_gpu=args.batch, rank=0, seed=0,
+                   device=dist_info.device)
+    generator = torch.Generator(dist_info.device).manual_seed(0)
+
+    def bare_step() -> None:
+        loss = objective(model, next(loader), generator).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for fn in (trainer_step, bare_step):  # warm-up
+        _time_steps(fn, args.warmup)
+    rounds = {"trainer": [], "bare": []}
+    for _ in range(args.rounds):  # interleaved, so drift in machine speed hits both alike
+        rounds["trainer"].append(_time_steps(trainer_step, args.steps))
+        rounds["bare"].append(_time_steps(bare_step, args.steps))
+    t_trainer, t_bare = statistics.median(rounds["trainer"]), statistics.median(rounds["bare"])
+    return {
+        "batch": args.batch, "steps_per_round": args.steps, "rounds": args.rounds,
+        "trainer_ms_per_step": 1e3 * t_trainer, "bare_ms_per_step": 1e3 * t_bare,
+        "ratio": t_trainer / t_bare, "target_ratio": 1.10,
+    }
+
+
+SUITES = {"trainer": bench_trainer}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", nargs="+", choices=sorted(SUITES), default=sorted(SUITES))
+    p.add_argument("--batch", type=int, default=4096, help="toy batch (the toy config's default)")
+    p.add_argument("--steps", type=int, default=50, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--out", default="work_dirs/benchmark/benchmark.json")
+    args = p.parse_args(argv)
+    results = {
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
+                    or "cpu"},
+    }
+    for name in args.suite:
+        results[name] = SUITES[name](args)
+    print(f"{'suite':<10} {'metric':<22} {'value':>12}")
+    for name in args.suite:
+        for key, value in results[name].items():
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            print(f"{name:<10} {key:<22} {text:>12}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
