@@ -50,7 +50,6 @@ def bench_trainer(args: argparse.Namespace) -> dict:
     trainer = Trainer(cfg, dist_info)
     for hook in trainer.hooks:
         hook.before_run(trainer)
-    trainer.hooks[0].bar.disable = True
 
     def trainer_step() -> None:
         metrics = trainer._train_step()

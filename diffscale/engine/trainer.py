@@ -6,6 +6,7 @@ the loss the objective's, everything optional a hook's.
 """
 
 import logging
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -155,8 +156,6 @@ class Trainer:
         t0 = time.perf_counter()
         if self.dist.is_main:
             if tmp.exists():  # left by a run killed mid-save
-                import shutil
-
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
         barrier()
@@ -199,10 +198,6 @@ class Trainer:
             log.warning("resuming a %d-rank checkpoint on %d ranks: data order and noise are not replayed",
                         state["world_size"], self.dist.world_size)
         log.info("resumed from %s at step %d", path, self.step)
-        for hook in self.hooks:
-            if isinstance(hook, LoggerHook):
-                hook.bar.n = self.step
-                hook.nimg0 = self.nimg
 
     def _banner(self) -> None:
         log.info(

@@ -29,13 +29,15 @@ class LoggerHook(Hook):
 
     def before_run(self, trainer) -> None:
         super().before_run(trainer)
-        self.bar = tqdm(total=trainer.max_iters, initial=trainer.step, disable=not trainer.dist.is_main,
-                        dynamic_ncols=True, mininterval=1.0, desc="train")
+        self.bar: tqdm | None = None  # made at the first step, when a resumed run knows where it starts
         self.window: list[dict] = []
-        self.t0, self.nimg0 = time.perf_counter(), trainer.nimg
 
     def after_step(self, metrics: dict) -> None:
         trainer = self.trainer
+        if self.bar is None:
+            self.bar = tqdm(total=trainer.max_iters, initial=trainer.step - 1, disable=not trainer.dist.is_main,
+                            dynamic_ncols=True, mininterval=1.0, desc="train")
+            self.t0, self.nimg0 = time.perf_counter(), trainer.nimg - trainer.batch_size
         self.bar.update(1)
         self.window.append(metrics)
         if trainer.step % self.interval and trainer.step != trainer.max_iters:
@@ -61,6 +63,7 @@ class LoggerHook(Hook):
                  trainer.max_iters, *scalars.values())
 
     def after_run(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
         if self.trainer.dist.is_main:
             self.trainer.writer.flush()

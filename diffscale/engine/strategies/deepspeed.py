@@ -13,6 +13,7 @@ from torch import nn
 
 from diffscale.engine.checkpoint import load_file, save_file
 from diffscale.engine.strategies.base import STEP_NONFINITE, STEP_OK, STEP_OVERFLOW, Strategy
+from diffscale.errors import ConfigError
 from diffscale.registry import OPTIMIZERS, STRATEGIES, build
 from diffscale.utils.dist import barrier
 
@@ -30,7 +31,11 @@ class DeepSpeedStrategy(Strategy):
     def prepare(self, model: nn.Module, optimizer_cfg: dict, batch_gpu: int, accum: int,
                 grad_clip: float | None) -> None:
         import deepspeed
+        from deepspeed.accelerator import get_accelerator
 
+        if self.precision == "fp16" and not get_accelerator().is_fp16_supported():
+            raise ConfigError(f"train_cfg.precision: DeepSpeed does not support fp16 on this device "
+                              f"({get_accelerator().device_name()}); use bf16 or fp32")
         config = {
             "train_batch_size": batch_gpu * accum * self.dist.world_size,
             "train_micro_batch_size_per_gpu": batch_gpu,

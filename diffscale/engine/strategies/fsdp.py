@@ -1,6 +1,7 @@
 """PyTorch FSDP2: `fully_shard` on every block, then on the root (torchtitan's order), with a mixed-precision
 policy. Checkpoints use torch.distributed.checkpoint (DCP), so a run saved on N ranks resumes on M."""
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -49,7 +50,7 @@ class FSDPStrategy(TorchStrategy):
 
     def micro_step_context(self, is_last: bool):
         self.module.set_requires_gradient_sync(is_last)  # reduce-scatter once, on the last micro-batch
-        return _NullContext()
+        return contextlib.nullcontext()
 
     def local_grads(self) -> list[torch.Tensor]:
         return [p.grad.to_local() for p in self.module.parameters() if p.grad is not None]
@@ -97,10 +98,3 @@ class FSDPStrategy(TorchStrategy):
             for name, tensor in tensors.items():
                 tensor.copy_(state["mirrors"][key][name].to_local())
 
-
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
