@@ -47,11 +47,16 @@ def train(config: str, work_dir: Path, nproc: int = 1, options: tuple[str, ...] 
     return run(train_cmd(config, work_dir, nproc, options, extra), check=check)
 
 
-def export(ckpt: Path, out: Path) -> dict:
-    from safetensors.torch import load_file
+def export(ckpt: Path, out: Path | None = None) -> dict:
+    """Consolidated weights of a checkpoint, keyed as tools/export_checkpoint.py writes them
+    ('model.<param>', 'ema.<average>.<param>'). In-process: the tool itself is tested in tests/e2e."""
+    from diffscale.engine.export import consolidate
 
-    run([sys.executable, str(ROOT / "tools" / "export_checkpoint.py"), str(ckpt), str(out)])
-    return load_file(str(out))
+    model, averages, _ = consolidate(ckpt)
+    weights = {f"model.{k}": v for k, v in model.items()}
+    for name, params in averages.items():
+        weights.update({f"ema.{name}.{k}": v for k, v in params.items()})
+    return weights
 
 
 def last_checkpoint(work_dir: Path) -> Path:

@@ -120,12 +120,15 @@ class Trainer:
         stats = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(self.stop_requested),
                                                                    device=self.dist.device)]))
         mean_loss = stats[0] / (self.accum * self.dist.world_size)
+        # Queue the stop flag's copy to the host now: the strategy's one sync below (the finite check)
+        # completes it, so reading it afterwards costs no second sync.
+        stop_flag = stats[1].to("cpu", non_blocking=True)
         grad_norm, status = self.strategy.step(loss_finite=mean_loss.isfinite())
         self.step += 1
         self.nimg += self.batch_size
         self._count(status)
         return {"loss": mean_loss, "grad_norm": grad_norm, "lr": lr, "status": status,
-                "stop": bool(stats[1].item() > 0)}
+                "stop": bool(stop_flag > 0)}
 
     def _count(self, status: str) -> None:
         if status == STEP_OK:

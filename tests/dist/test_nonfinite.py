@@ -14,7 +14,6 @@ def trainer_state(work_dir):
 
 @pytest.mark.parametrize("strategy", [
     pytest.param((1, ()), id="single"),
-    pytest.param((2, ("strategy.type=fsdp",)), id="fsdp", marks=pytest.mark.dist),
     pytest.param((2, ("strategy.type=deepspeed", "strategy.zero_stage=2")), id="zero2", marks=pytest.mark.dist),
 ])
 def test_nan_steps_are_skipped_and_counted(tmp_path, strategy):

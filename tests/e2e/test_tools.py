@@ -6,8 +6,9 @@ import sys
 
 import pytest
 from PIL import Image
+from safetensors import safe_open
 
-from tests.helpers import ROOT, env, export, free_port, last_checkpoint, run
+from tests.helpers import ROOT, env, export, free_port, last_checkpoint, max_abs_diff, run
 
 
 @pytest.mark.dist
@@ -32,8 +33,14 @@ def test_toy_main_job_writes_plot_checkpoints_and_config(tmp_path):
         assert image.size[0] > 400 and image.size[1] > 300
     assert "train_cfg = {" in (tmp_path / "config.py").read_text()
     assert (tmp_path / "train.log").read_text().count("step 40/40") == 1
-    weights = export(last_checkpoint(tmp_path), tmp_path / "toy.safetensors")
+    out = tmp_path / "toy.safetensors"
+    printed = run([sys.executable, str(ROOT / "tools/export_checkpoint.py"), str(last_checkpoint(tmp_path)), str(out)])
+    assert "averages ['pf_0.050', 'pf_0.100'], step 40" in printed.stdout
+    with safe_open(str(out), "pt") as f:
+        assert json.loads(f.metadata()["strategy"]) == "ddp"
+        weights = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     assert {"model.net.inp.weight", "ema.pf_0.050.net.inp.weight", "ema.pf_0.100.net.inp.weight"} <= set(weights)
+    assert max_abs_diff(weights, export(last_checkpoint(tmp_path))) == 0.0
 
 
 def test_export_of_a_non_checkpoint_fails_clearly(tmp_path):

@@ -65,3 +65,9 @@ def test_explicit_bad_path_is_an_error(tmp_path):
 
 def test_nothing_to_resume(tmp_path):
     assert ckpt.resolve_resume(tmp_path, "auto") is None
+
+
+def test_explicit_good_path_is_used_even_if_not_newest(tmp_path):
+    older = make(tmp_path, 10)
+    make(tmp_path, 20)
+    assert ckpt.resolve_resume(tmp_path, str(older)) == older.resolve()

@@ -68,9 +68,9 @@ class DeepSpeedStrategy(Strategy):
         skipped = bool(getattr(self.model.optimizer, "overflow", False))
         norm = self.model.get_global_grad_norm()
         grad_norm = torch.tensor(float("nan") if norm is None else float(norm))
+        finite_loss = bool(loss_finite.item())  # the step's host sync (the trainer relies on one)
         if not skipped:
             return grad_norm, STEP_OK
-        finite_loss = bool(loss_finite.item())
         return grad_norm, STEP_OVERFLOW if (self.precision == "fp16" and finite_loss) else STEP_NONFINITE
 
     def set_lr(self, lr: float) -> None:
