@@ -12,3 +12,5 @@ import diffscale.engine.strategies.deepspeed  # noqa: F401
 import diffscale.engine.strategies.fsdp  # noqa: F401
 import diffscale.models.toy_mlp  # noqa: F401
 import diffscale.sampling.edm_heun  # noqa: F401
+import diffscale.selection.jest  # noqa: F401
+import diffscale.selection.simple  # noqa: F401

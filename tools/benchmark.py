@@ -5,6 +5,8 @@ printed as a table and written as JSON. Ratios compare runs interleaved in the s
 Suites:
   trainer  the trainer's full step (loop, hooks, logging, step-status check) against a bare PyTorch
            loop of the same toy model, batch, data stream, loss and optimizer. Target: ratio <= 1.10.
+  jest     JEST selection (Gumbel top-k over O(B) logits) at super-batch B, 8 chunks, keeping B / 5,
+           against the textbook implementation on the B x B score matrix. Target: < 20 ms at B = 16384.
 """
 
 import argparse
@@ -85,13 +87,34 @@ def bench_trainer(args: argparse.Namespace) -> dict:
     }
 
 
-SUITES = {"trainer": bench_trainer}
+def bench_jest(args: argparse.Namespace) -> dict:
+    from diffscale.selection.jest import JEST
+    from diffscale.selection.jest_direct import direct_jest
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    B, n_select = args.superbatch, args.superbatch // 5  # filter ratio 0.8
+    gen = torch.Generator(device).manual_seed(0)
+    learner = torch.rand(B, device=device, generator=gen)
+    ref = torch.rand(B, device=device, generator=gen)
+    jest = JEST(n_chunks=8)
+    ours = lambda: jest(learner, ref, n_select, gen)
+    direct = lambda: direct_jest(learner, ref, n_select, 8, "learnability", gen)
+    _time_steps(ours, 3)
+    _time_steps(direct, 1)
+    t_ours = statistics.median(_time_steps(ours, 10) for _ in range(args.rounds))
+    t_direct = statistics.median(_time_steps(direct, 1) for _ in range(max(args.rounds // 2, 1)))
+    return {"superbatch": B, "n_select": n_select, "n_chunks": 8, "jest_ms": 1e3 * t_ours,
+            "direct_matrix_ms": 1e3 * t_direct, "speedup": t_direct / t_ours, "target_ms": 20.0}
+
+
+SUITES = {"trainer": bench_trainer, "jest": bench_jest}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", nargs="+", choices=sorted(SUITES), default=sorted(SUITES))
     p.add_argument("--batch", type=int, default=4096, help="toy batch (the toy config's default)")
+    p.add_argument("--superbatch", type=int, default=16384, help="super-batch size B for the jest suite")
     p.add_argument("--steps", type=int, default=50, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=20)

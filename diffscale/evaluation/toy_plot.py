@@ -15,7 +15,7 @@ CLASS_COLORS = ("tab:orange", "tab:blue")
 
 
 def plot_samples(mixture: GaussianMixture2D, samples: torch.Tensor, labels: torch.Tensor, path: Path,
-                 title: str = "", extent: tuple[float, float, float, float] = (-1.6, 1.6, -1.15, 1.15),
+                 title: str = "", extent: tuple[float, float, float, float] = (-1.7, 1.7, -1.3, 1.3),
                  resolution: int = 240) -> np.ndarray:
     """Scatter `samples` [N, 2] coloured by class over log p(x); writes `path`, returns the RGB image."""
     xs = torch.linspace(extent[0], extent[1], resolution)

@@ -26,7 +26,8 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
                  "fsdp": ({}, dict(dist_info=CPU, precision="fp32")),
                  "deepspeed": (dict(zero_stage=3), dict(dist_info=CPU, precision="bf16"))},
     "evaluator": {},
-    "selector": {},
+    "selector": {"jest": (dict(n_chunks=4, score="inverted"), {}), "random": ({}, {}), "learnability_topk": ({}, {}),
+                 "hard_learner": ({}, {})},
 }
 REGISTRIES = [R.MODELS, R.OBJECTIVES, R.SAMPLERS, R.DATASETS, R.OPTIMIZERS, R.LR_SCHEDULES, R.HOOKS, R.STRATEGIES,
               R.EVALUATORS, R.SELECTORS]
