@@ -3,6 +3,7 @@
 import diffscale.data.toy  # noqa: F401
 import diffscale.diffusion.edm  # noqa: F401
 import diffscale.engine.hooks.checkpoint  # noqa: F401
+import diffscale.engine.hooks.curation  # noqa: F401
 import diffscale.engine.hooks.ema  # noqa: F401
 import diffscale.engine.hooks.logger  # noqa: F401
 import diffscale.engine.hooks.toy_plot  # noqa: F401

@@ -118,5 +118,10 @@ class EDMLoss:
         return err / logvar.float().exp() + n * logvar.float()
 
     def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        sigma, noise = self.sample_noise(batch["x"], generator)
+        """Per-example losses of `batch`; a batch that carries its own 'sigma' and 'noise' (the curation
+        hook scored it at those) is trained at exactly them."""
+        if "sigma" in batch:
+            sigma, noise = batch["sigma"], batch["noise"]
+        else:
+            sigma, noise = self.sample_noise(batch["x"], generator)
         return self.per_example(model, batch["x"], batch.get("label"), sigma, noise)

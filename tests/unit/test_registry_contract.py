@@ -21,7 +21,7 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
     "lr_schedule": {"ConstantLR": (dict(warmup_iters=10), {}), "InvSqrtLR": (dict(ref_iters=100, rampup_iters=10), {}),
                     "WarmupCosineLR": (dict(max_iters=100, warmup_iters=10), {})},
     "hook": {"EMAHook": ({}, {}), "LoggerHook": ({}, {}), "CheckpointHook": (dict(interval=5), {}),
-             "ToyPlotHook": ({}, {}), "SlowDownHook": ({}, {}), "NaNInjectHook": ({}, {})},
+             "ToyPlotHook": ({}, {}), "CurationHook": (dict(selector=dict(type="random")), {}), "SlowDownHook": ({}, {}), "NaNInjectHook": ({}, {})},
     "strategy": {"ddp": ({}, dict(dist_info=CPU, precision="fp32")),
                  "fsdp": ({}, dict(dist_info=CPU, precision="fp32")),
                  "deepspeed": (dict(zero_stage=3), dict(dist_info=CPU, precision="bf16"))},

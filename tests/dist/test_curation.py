@@ -1,0 +1,75 @@
+"""CurationHook end to end: AJEST against a trained reference under each strategy, Early AJEST switch and
+resume, and start-up errors for a missing or mismatched reference."""
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.helpers import ROOT, last_checkpoint, train
+
+REF = str(ROOT / "tests/configs/toy_ref_small.py")
+AJEST = str(ROOT / "tests/configs/toy_ajest_small.py")
+
+
+def scalars(work_dir) -> dict[str, list[tuple[int, float]]]:
+    # The directory: all event files in it (a resumed run adds one).
+    ea = EventAccumulator(str(work_dir / "tensorboard"), size_guidance={"scalars": 0})
+    ea.Reload()
+    return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    work = tmp_path_factory.mktemp("reference")
+    train(REF, work)
+    return work
+
+
+@pytest.mark.parametrize("run", [
+    pytest.param((1, ()), id="single-local"),
+    pytest.param((2, ("strategy.type=fsdp", "hooks.0.scope='global'")), id="fsdp-global", marks=pytest.mark.dist),
+    pytest.param((2, ("strategy.type=deepspeed", "strategy.zero_stage=2")), id="zero2-local",
+                 marks=pytest.mark.dist),
+])
+def test_ajest_trains_on_the_more_learnable_examples(run, reference, tmp_path):
+    nproc, options = run
+    out = train(AJEST, tmp_path, nproc=nproc, options=(f"hooks.0.reference.checkpoint={reference}", *options))
+    assert "curation: super-batch 128 per device, keep 32" in out.stderr
+    s = scalars(tmp_path)
+    assert [step for step, _ in s["curation/score_kept"]] == [4, 8, 12]
+    # JEST keeps examples whose learnability (L_learner - L_ref) is above the super-batch average.
+    for (_, kept), (_, everything) in zip(s["curation/score_kept"], s["curation/score_all"], strict=True):
+        assert kept > everything
+    shares = sum(v for t, series in s.items() if t.startswith("curation/class_") for _, v in series[-1:])
+    assert shares == pytest.approx(1.0, abs=1e-5)
+    assert all(v > 0 for _, v in s["curation/scoring_ms"] + s["curation/reference_superbatch_loss"])
+
+
+def test_early_ajest_switches_off_and_the_switch_survives_resume(reference, tmp_path):
+    early = "hooks.0.early={'patience': 2, 'momentum': 0.0, 'check_interval': 2}"
+    options = (f"hooks.0.reference.checkpoint={reference}", early, "train_cfg.max_iters=10")
+    out = train(AJEST, tmp_path, options=options)
+    assert "Early AJEST: learner loss" in out.stderr
+    state = torch.load(last_checkpoint(tmp_path) / "trainer.pt", weights_only=True)["hooks"]["1"]
+    switch = state["switch_step"]
+    assert state["active"] is False and switch is not None and switch <= 10
+    train(AJEST, tmp_path, options=(*options[:2], "train_cfg.max_iters=16"), extra=("--resume",))
+    state = torch.load(last_checkpoint(tmp_path) / "trainer.pt", weights_only=True)["hooks"]["1"]
+    assert state["active"] is False and state["switch_step"] == switch
+    # No scoring after the switch: the last super-batch loss point is at the switch step.
+    assert max(step for step, _ in scalars(tmp_path)["curation/learner_superbatch_loss"]) == switch
+
+
+def test_missing_reference_fails_at_start_up(tmp_path):
+    out = train(AJEST, tmp_path, options=(f"hooks.0.reference.checkpoint={tmp_path / 'nope'}",), check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"config error: reference checkpoint '{tmp_path / 'nope'}': no such checkpoint" in out.stderr
+
+
+def test_mismatched_reference_fails_at_start_up(reference, tmp_path):
+    out = train(AJEST, tmp_path, options=(f"hooks.0.reference.checkpoint={reference}",
+                                          "hooks.0.reference.model.net.hidden_dim=32"), check=False)
+    assert out.returncode == 2
+    assert "config error: CurationHook.reference.checkpoint" in out.stderr
+    assert "does not match CurationHook.reference.model: Error(s) in loading state_dict" in out.stderr
+    assert "size mismatch" in out.stderr
