@@ -73,3 +73,19 @@ def test_mismatched_reference_fails_at_start_up(reference, tmp_path):
     assert "config error: CurationHook.reference.checkpoint" in out.stderr
     assert "does not match CurationHook.reference.model: Error(s) in loading state_dict" in out.stderr
     assert "size mismatch" in out.stderr
+
+
+def test_autoguided_samples_differ_from_unguided(reference, tmp_path):
+    """The reference as autoguidance guide at w = 3 changes the plotted samples (same noise) against w = 1,
+    where the sampler skips the guide (the formula itself is checked in tests/unit/test_edm.py)."""
+    guide = ("{'model': {'type': 'EDMPrecond', 'label_dim': 2, 'net': {'type': 'ToyMLP', 'hidden_dim': 16}}, "
+             f"'checkpoint': '{reference}', 'ema': 'pf_0.100'}}")
+    images = {}
+    for w in (1.0, 3.0):
+        work = tmp_path / f"w{w}"
+        hook = (f"hooks=[{{'type': 'ToyPlotHook', 'num_samples': 256, 'ema': None, 'guide': {guide}, "
+                f"'sampler': {{'type': 'EDMHeunSampler', 'num_steps': 8, 'sigma_max': 5.0, 'guidance': {w}}}}}]")
+        out = train(str(ROOT / "tests/configs/toy_small.py"), work, options=(hook, "train_cfg.max_iters=2"))
+        assert "Traceback" not in out.stderr
+        images[w] = (work / "samples" / "toy_raw_iter_0000002.png").read_bytes()
+    assert images[3.0] != images[1.0]

@@ -4,6 +4,7 @@ import torch
 
 from diffscale.data.toy import tree_mixture
 from diffscale.engine.hooks.base import Hook
+from diffscale.engine.reference import load_frozen
 from diffscale.evaluation.toy_plot import plot_samples
 from diffscale.registry import HOOKS, MODELS, SAMPLERS, build
 
@@ -11,17 +12,25 @@ from diffscale.registry import HOOKS, MODELS, SAMPLERS, build
 @HOOKS.register_module()
 class ToyPlotHook(Hook):
     """Every `interval` steps (0: only at the end) plot `num_samples` samples of the raw weights and of
-    the average `ema` (a key such as 'pf_0.100', None for none)."""
+    the average `ema` (a key such as 'pf_0.100', None for none). With `guide` (dict(model, checkpoint, ema),
+    e.g. the AJEST reference) and `sampler.guidance` w != 1, samples are autoguided:
+    D = D_guide + w (D - D_guide)."""
 
     def __init__(self, interval: int = 0, num_samples: int = 4096, sampler: dict | None = None,
-                 ema: str | None = "pf_0.100", seed: int = 0):
+                 ema: str | None = "pf_0.100", seed: int = 0, guide: dict | None = None):
         self.interval, self.num_samples, self.ema, self.seed = interval, num_samples, ema, seed
         self.sampler_cfg = sampler or dict(type="EDMHeunSampler", num_steps=32, sigma_max=5.0)
+        self.guide_cfg = guide
 
     def before_run(self, trainer) -> None:
         super().before_run(trainer)
         self.mixture = tree_mixture()
         self.sampler = build(SAMPLERS, self.sampler_cfg, "ToyPlotHook.sampler")
+        self.guide = None
+        if self.guide_cfg is not None and trainer.dist.is_main:
+            g = dict(self.guide_cfg)
+            self.guide = load_frozen(g["model"], g["checkpoint"], g.get("ema"), torch.device("cpu"),
+                                     "ToyPlotHook.guide")
 
     def after_step(self, metrics: dict) -> None:
         if self.interval and self.trainer.step % self.interval == 0 and self.trainer.step != self.trainer.max_iters:
@@ -43,7 +52,7 @@ class ToyPlotHook(Hook):
         for name, state in variants.items():
             net = build(MODELS, trainer.cfg.model, "model").eval()
             net.load_state_dict(state, strict=False)
-            samples = self.sampler(net, noise, labels)
+            samples = self.sampler(net, noise, labels, guide=self.guide)
             path = trainer.work_dir / "samples" / f"toy_{name}_iter_{trainer.step:07d}.png"
             image = plot_samples(self.mixture, samples, labels, path, title=f"{name}, step {trainer.step}")
             trainer.writer.add_image(f"samples/{name}", image, trainer.step, dataformats="HWC")
