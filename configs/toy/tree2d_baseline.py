@@ -7,6 +7,6 @@ _base_ = [
 ]
 hooks = [
     dict(type="EMAHook", stds=(0.050, 0.100)),  # EDM2 power-function averages
-    dict(type="ToyPlotHook", interval=0, num_samples=4096, ema="pf_0.050",  # plot at the end of the run
+    dict(type="ToyPlotHook", interval=0, num_samples=4096, ema="pf_0.050", metrics=True,  # plot + metrics at the end
          sampler=dict(type="EDMHeunSampler", num_steps=32, sigma_min=0.002, sigma_max=5.0)),
 ]

@@ -6,23 +6,32 @@ import torch
 
 
 class GaussianMixture2D:
-    """Components: weights[K] (unnormalised), means[K, 2], covs[K, 2, 2], classes[K] (int)."""
+    """Components: weights[K] (unnormalised), means[K, 2], covs[K, 2, 2], classes[K] (int), and an optional
+    integer tag per component (the tree stores each branch's depth there)."""
 
-    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor, classes: torch.Tensor):
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor, classes: torch.Tensor,
+                 tags: torch.Tensor | None = None):
         self.weights = weights.double() / weights.sum()
         self.means, self.covs, self.classes = means.double(), covs.double(), classes.long()
+        self.tags = torch.zeros_like(self.classes) if tags is None else tags.long()
         self.chol = torch.linalg.cholesky(self.covs)
 
     def select(self, cls: int) -> "GaussianMixture2D":
         keep = self.classes == cls
-        return GaussianMixture2D(self.weights[keep], self.means[keep], self.covs[keep], self.classes[keep])
+        return GaussianMixture2D(self.weights[keep], self.means[keep], self.covs[keep], self.classes[keep],
+                                 self.tags[keep])
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """n points [n, 2] (float32) and their class labels [n]."""
+    def sample_components(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n points [n, 2] (float32) and the index of the component each was drawn from [n]."""
         comp = torch.multinomial(self.weights.float(), n, replacement=True, generator=generator)
         eps = torch.randn(n, 2, 1, dtype=torch.float64, generator=generator)
         x = self.means[comp] + (self.chol[comp] @ eps).squeeze(-1)
-        return x.float(), self.classes[comp]
+        return x.float(), comp
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n points [n, 2] (float32) and their class labels [n]."""
+        x, comp = self.sample_components(n, generator)
+        return x, self.classes[comp]
 
     def _log_components(self, x: torch.Tensor, sigma: float, dtype: torch.dtype = torch.float64
                         ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ def tree_mixture(seed: int = 2) -> GaussianMixture2D:
     """Both classes of the tree (class 0 grows towards +x, class 1 towards -x)."""
     gen = torch.Generator().manual_seed(seed)
     scale = torch.tensor(SCALE, dtype=torch.float64)
-    weights, means, covs, classes = [], [], [], []
+    weights, means, covs, classes, depths = [], [], [], [], []
 
     def jitter() -> float:  # +-20% randomness of lengths and angles
         return 1 + 0.2 * torch.randn((), generator=gen, dtype=torch.float64).item()
@@ -43,15 +43,15 @@ def tree_mixture(seed: int = 2) -> GaussianMixture2D:
             means.append((start + direction * length * t) * scale)
             covs.append(cov)
             classes.append(cls)
+            depths.append(depth)
         for sign in (1, -1):
             grow(cls, depth + 1, start + direction * length, angle + sign * 0.7**depth * jitter())
 
     origin = torch.tensor(ORIGIN, dtype=torch.float64)
     grow(0, 0, origin, 0.0)
     grow(1, 0, origin, math.pi)
-    return GaussianMixture2D(
-        torch.tensor(weights), torch.stack(means), torch.stack(covs), torch.tensor(classes)
-    )
+    return GaussianMixture2D(torch.tensor(weights), torch.stack(means), torch.stack(covs), torch.tensor(classes),
+                             tags=torch.tensor(depths))
 
 
 @DATASETS.register_module()

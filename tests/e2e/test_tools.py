@@ -32,6 +32,8 @@ def test_toy_main_job_writes_plot_checkpoints_and_config(tmp_path):
         image = Image.open(tmp_path / "samples" / f"toy_{name}_iter_0000040.png")
         assert image.size[0] > 400 and image.size[1] > 300
     assert "train_cfg = {" in (tmp_path / "config.py").read_text()
+    metrics = json.loads((tmp_path / "toy_metrics.json").read_text())["40"]
+    assert set(metrics) == {"raw", "pf_0.050"} and 0 <= metrics["raw"]["class_accuracy"] <= 1
     assert (tmp_path / "train.log").read_text().count("step 40/40") == 1
     out = tmp_path / "toy.safetensors"
     printed = run([sys.executable, str(ROOT / "tools/export_checkpoint.py"), str(last_checkpoint(tmp_path)), str(out)])
