@@ -5,6 +5,8 @@ printed as a table and written as JSON. Ratios compare runs interleaved in the s
 Suites:
   trainer  the trainer's full step (loop, hooks, logging, step-status check) against a bare PyTorch
            loop of the same toy model, batch, data stream, loss and optimizer. Target: ratio <= 1.10.
+  ajest    the AJEST step (score B = b / 0.2 with learner and reference, JEST keeps b, train on b) against
+           the baseline step on b, and against the ideal 1 + (t_fwd_learner(B) + t_fwd_ref(B)) / t_step(b).
   jest     JEST selection (Gumbel top-k over O(B) logits) at super-batch B, 8 chunks, keeping B / 5,
            against the textbook implementation on the B x B score matrix. Target: < 20 ms at B = 16384.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,36 +39,44 @@ def _time_steps(step_fn, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def bench_trainer(args: argparse.Namespace) -> dict:
+def _toy_trainer(config: str, args: argparse.Namespace, edit=None):
     import tempfile
 
     from diffscale.config import load_config
     from diffscale.engine.trainer import Trainer
-    from diffscale.registry import DATASETS, MODELS, OBJECTIVES, OPTIMIZERS, build
     from diffscale.utils.dist import init_distributed
 
-    options = [f"train_cfg.batch_size={args.batch}", f"train_cfg.batch_gpu={args.batch}", "hooks=[]",
+    options = [f"train_cfg.batch_size={args.batch}", f"train_cfg.batch_gpu={args.batch}",
                "train_cfg.max_iters=1000000", "checkpoint.interval=1000000", "train_cfg.log_interval=50"]
-    work_dir = tempfile.mkdtemp(prefix="diffscale-bench-")
-    cfg = load_config(str(ROOT / "configs/toy/tree2d_baseline.py"), options, work_dir)
-    dist_info = init_distributed("none")
-    trainer = Trainer(cfg, dist_info)
+    cfg = load_config(str(ROOT / config), options, tempfile.mkdtemp(prefix="diffscale-bench-"))
+    if edit is not None:
+        edit(cfg)
+    trainer = Trainer(cfg, init_distributed("none"))
     for hook in trainer.hooks:
         hook.before_run(trainer)
+    trainer.hooks[0].bar = tqdm(disable=True)  # the logger still logs; only the bar stays quiet
 
-    def trainer_step() -> None:
+    def step() -> None:
         metrics = trainer._train_step()
         for hook in trainer.hooks:
             hook.after_step(metrics)
 
+    return trainer, step
+
+
+def bench_trainer(args: argparse.Namespace) -> dict:
+    from diffscale.registry import DATASETS, MODELS, OBJECTIVES, OPTIMIZERS, build
+
+    trainer, trainer_step = _toy_trainer("configs/toy/tree2d_baseline.py", args, lambda cfg: setattr(cfg, "hooks", []))
+    cfg, device = trainer.cfg, trainer.dist.device
+
     # The bare loop: same model config, seed, data stream, loss and optimizer; nothing else.
     torch.manual_seed(cfg.train_cfg.seed)
-    model = build(MODELS, cfg.model, "model").to(dist_info.device)
+    model = build(MODELS, cfg.model, "model").to(device)
     objective = build(OBJECTIVES, cfg.objective, "objective")
     optimizer = build(OPTIMIZERS, dict(cfg.optimizer), "optimizer", params=list(model.parameters()))
-    loader = build(DATASETS, cfg.data.train, "data.train", batch_gpu=args.batch, rank=0, seed=0,
-                   device=dist_info.device)
-    generator = torch.Generator(dist_info.device).manual_seed(0)
+    loader = build(DATASETS, cfg.data.train, "data.train", batch_gpu=args.batch, rank=0, seed=0, device=device)
+    generator = torch.Generator(device).manual_seed(0)
 
     def bare_step() -> None:
         loss = objective(model, next(loader), generator).mean()
@@ -85,6 +96,56 @@ def bench_trainer(args: argparse.Namespace) -> dict:
         "trainer_ms_per_step": 1e3 * t_trainer, "bare_ms_per_step": 1e3 * t_bare,
         "ratio": t_trainer / t_bare, "target_ratio": 1.10,
     }
+
+
+def bench_ajest(args: argparse.Namespace) -> dict:
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from diffscale.config import load_config
+    from diffscale.registry import MODELS, build
+
+    # A reference of the configured architecture with random weights, saved as an export.
+    ajest_cfg = load_config(str(ROOT / "configs/toy/tree2d_ajest.py"))
+    ref_model_cfg = ajest_cfg.hooks[0]["reference"]["model"]
+    ref_path = Path(tempfile.mkdtemp(prefix="diffscale-bench-")) / "ref.safetensors"
+    save_file({f"model.{k}": v.contiguous() for k, v in build(MODELS, ref_model_cfg, "ref").state_dict().items()},
+              str(ref_path))
+
+    def only_curation(cfg) -> None:
+        curation = dict(cfg.hooks[0])
+        curation["reference"] = dict(curation["reference"], checkpoint=str(ref_path), ema=None)
+        cfg.hooks = [curation]
+
+    base, base_step = _toy_trainer("configs/toy/tree2d_baseline.py", args, lambda cfg: setattr(cfg, "hooks", []))
+    ajest, ajest_step = _toy_trainer("configs/toy/tree2d_ajest.py", args, only_curation)
+    curation = ajest.hooks[1]
+    batch = next(base.loader)
+    B = curation.B
+    x = torch.cat([batch["x"]] * (B // args.batch + 1))[:B]
+    labels = torch.cat([batch["label"]] * (B // args.batch + 1))[:B]
+    sigma, noise = base.objective.sample_noise(x, base.generator)
+
+    def fwd(model):
+        def run() -> None:
+            with torch.no_grad():
+                base.objective.per_example(model, x, labels, sigma, noise)
+        return run
+
+    timings = {"base": [], "ajest": [], "fwd_learner": [], "fwd_ref": []}
+    fns = {"base": base_step, "ajest": ajest_step, "fwd_learner": fwd(base.strategy.model),
+           "fwd_ref": fwd(curation.ref)}
+    for fn in fns.values():
+        _time_steps(fn, args.warmup)
+    for _ in range(args.rounds):
+        for key, fn in fns.items():
+            timings[key].append(_time_steps(fn, args.steps))
+    t = {k: statistics.median(v) for k, v in timings.items()}
+    ideal = 1 + (t["fwd_learner"] + t["fwd_ref"]) / t["base"]
+    return {"batch": args.batch, "superbatch": B, "base_ms": 1e3 * t["base"], "ajest_ms": 1e3 * t["ajest"],
+            "fwd_learner_B_ms": 1e3 * t["fwd_learner"], "fwd_ref_B_ms": 1e3 * t["fwd_ref"],
+            "ratio": t["ajest"] / t["base"], "ideal_ratio": ideal, "overhead_vs_ideal": t["ajest"] / t["base"] / ideal}
 
 
 def bench_jest(args: argparse.Namespace) -> dict:
@@ -107,7 +168,7 @@ def bench_jest(args: argparse.Namespace) -> dict:
             "direct_matrix_ms": 1e3 * t_direct, "speedup": t_direct / t_ours, "target_ms": 20.0}
 
 
-SUITES = {"trainer": bench_trainer, "jest": bench_jest}
+SUITES = {"trainer": bench_trainer, "ajest": bench_ajest, "jest": bench_jest}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,9 +54,13 @@ def test_export_of_a_non_checkpoint_fails_clearly(tmp_path):
 
 def test_benchmark_writes_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run([sys.executable, str(ROOT / "tools/benchmark.py"), "--batch", "256", "--steps", "3", "--rounds", "1",
-                "--warmup", "2", "--out", str(out)])
-    assert "ratio" in proc.stdout
-    result = json.loads(out.read_text())["trainer"]
-    assert result["trainer_ms_per_step"] > 0 and result["bare_ms_per_step"] > 0
-    assert result["ratio"] == pytest.approx(result["trainer_ms_per_step"] / result["bare_ms_per_step"])
+    proc = run([sys.executable, str(ROOT / "tools/benchmark.py"), "--batch", "256", "--superbatch", "1024",
+                "--steps", "2", "--rounds", "1", "--warmup", "1", "--out", str(out)])
+    assert "ratio" in proc.stdout and "train:" not in proc.stderr  # no progress bar in benchmarks
+    result = json.loads(out.read_text())
+    trainer, ajest, jest = result["trainer"], result["ajest"], result["jest"]
+    assert trainer["ratio"] == pytest.approx(trainer["trainer_ms_per_step"] / trainer["bare_ms_per_step"])
+    assert ajest["superbatch"] == 1280 and ajest["ideal_ratio"] > 1
+    assert ajest["ideal_ratio"] == pytest.approx(1 + (ajest["fwd_learner_B_ms"] + ajest["fwd_ref_B_ms"])
+                                                 / ajest["base_ms"])
+    assert jest["superbatch"] == 1024 and jest["jest_ms"] > 0 and jest["direct_matrix_ms"] > 0

@@ -29,15 +29,18 @@ class LoggerHook(Hook):
 
     def before_run(self, trainer) -> None:
         super().before_run(trainer)
-        self.bar: tqdm | None = None  # made at the first step, when a resumed run knows where it starts
+        # Made at the first step, when a resumed run knows where it starts.
+        self.bar: tqdm | None = None
+        self.t0: float | None = None
         self.window: list[dict] = []
 
     def after_step(self, metrics: dict) -> None:
         trainer = self.trainer
+        if self.t0 is None:
+            self.t0, self.nimg0 = time.perf_counter(), trainer.nimg - trainer.batch_size
         if self.bar is None:
             self.bar = tqdm(total=trainer.max_iters, initial=trainer.step - 1, disable=not trainer.dist.is_main,
                             dynamic_ncols=True, mininterval=1.0, desc="train")
-            self.t0, self.nimg0 = time.perf_counter(), trainer.nimg - trainer.batch_size
         self.bar.update(1)
         self.window.append(metrics)
         if trainer.step % self.interval and trainer.step != trainer.max_iters:
