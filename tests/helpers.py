@@ -50,13 +50,9 @@ def train(config: str, work_dir: Path, nproc: int = 1, options: tuple[str, ...] 
 def export(ckpt: Path, out: Path | None = None) -> dict:
     """Consolidated weights of a checkpoint, keyed as tools/export_checkpoint.py writes them
     ('model.<param>', 'ema.<average>.<param>'). In-process: the tool itself is tested in tests/e2e."""
-    from diffscale.engine.export import consolidate
+    from diffscale.engine.export import flat_weights
 
-    model, averages, _ = consolidate(ckpt)
-    weights = {f"model.{k}": v for k, v in model.items()}
-    for name, params in averages.items():
-        weights.update({f"ema.{name}.{k}": v for k, v in params.items()})
-    return weights
+    return flat_weights(ckpt)[0]
 
 
 def last_checkpoint(work_dir: Path) -> Path:

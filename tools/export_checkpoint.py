@@ -18,20 +18,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from safetensors.torch import save_file
 
-    from diffscale.engine.export import consolidate
+    from diffscale.engine.export import flat_weights
 
     try:
-        model, averages, meta = consolidate(args.checkpoint)
+        tensors, meta = flat_weights(args.checkpoint)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tensors = {f"model.{k}": v.contiguous() for k, v in model.items()}
-    for name, params in averages.items():
-        tensors.update({f"ema.{name}.{k}": v.contiguous() for k, v in params.items()})
-    meta["averages"] = sorted(averages)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, args.out, metadata={k: json.dumps(v) for k, v in meta.items()})
-    print(f"wrote {args.out}: {len(model)} model tensors, averages {sorted(averages)}, step {meta['step']}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, args.out,
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+    n_model = sum(k.startswith("model.") for k in tensors)
+    print(f"wrote {args.out}: {n_model} model tensors, averages {meta['averages']}, step {meta['step']}")
     return 0
 
 

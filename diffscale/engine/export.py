@@ -41,3 +41,12 @@ def consolidate(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, di
     averages = {key.split("/", 1)[-1]: {n: t.float() for n, t in v.items()} for key, v in mirrors.items()}
     meta = {"strategy": kind, "step": trainer["step"], "nimg": trainer["nimg"]}
     return {k: v.float() if v.is_floating_point() else v for k, v in model.items()}, averages, meta
+
+
+def flat_weights(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """One flat dict as the export file holds it: 'model.<param>' and 'ema.<average>.<param>'; and metadata."""
+    model, averages, meta = consolidate(ckpt)
+    flat = {f"model.{k}": v for k, v in model.items()}
+    for name, params in averages.items():
+        flat.update({f"ema.{name}.{k}": v for k, v in params.items()})
+    return flat, dict(meta, averages=sorted(averages))

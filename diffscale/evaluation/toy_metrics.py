@@ -11,23 +11,15 @@
 A guide and a weight w give the guided denoiser D_guide + w (D - D_guide) for every metric.
 """
 
-from collections.abc import Callable
-
 import torch
 
 from diffscale.data.gmm import GaussianMixture2D
 from diffscale.data.toy import TREE_DEPTH
 from diffscale.sampling.edm_heun import EDMHeunSampler
+from diffscale.sampling.guidance import Denoiser, guided
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 SIGMAS = (0.005, 0.02, 0.1, 0.5, 2.0)
 EXTENT = (-1.7, 1.7, -1.3, 1.3)
-
-
-def guided(net: Denoiser, guide: Denoiser | None, weight: float) -> Denoiser:
-    if guide is None or weight == 1:
-        return net
-    return lambda x, s, c: guide(x, s, c) + weight * (net(x, s, c) - guide(x, s, c))
 
 
 def exact_denoiser(mixture: GaussianMixture2D) -> Denoiser:
@@ -66,8 +58,7 @@ def toy_metrics(net: Denoiser, mixture: GaussianMixture2D, guide: Denoiser | Non
     out["outer_loss"] = sum(outer_losses) / len(outer_losses)
 
     sampler = sampler or EDMHeunSampler(num_steps=32, sigma_max=5.0)
-    samples = sampler(net, torch.randn(num_samples, 2, generator=gen), labels, guide=guide) \
-        if weight != 1 and guide is not None else sampler(net, torch.randn(num_samples, 2, generator=gen), labels)
+    samples = sampler(D, torch.randn(num_samples, 2, generator=gen), labels)  # D is already guided at `weight`
     out["support_share"] = support_share(samples, mixture, grid)
     scores = torch.stack([mixture.select(c).log_prob(samples) + mixture.weights[mixture.classes == c].sum().log()
                           for c in range(int(mixture.classes.max()) + 1)], dim=1)

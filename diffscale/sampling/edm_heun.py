@@ -4,13 +4,10 @@ Guidance (classifier-free or autoguidance, Karras et al. 2024 eq. 1):
 D(x) = D_guide(x) + w (D_main(x) - D_guide(x)); w = 1 is no guidance.
 """
 
-from collections.abc import Callable
-
 import torch
 
 from diffscale.registry import SAMPLERS
-
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+from diffscale.sampling.guidance import Denoiser, guided
 
 
 def edm_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float, device: torch.device) -> torch.Tensor:
@@ -32,13 +29,10 @@ class EDMHeunSampler:
     def __call__(self, net: Denoiser, noise: torch.Tensor, labels: torch.Tensor | None = None,
                  guide: Denoiser | None = None) -> torch.Tensor:
         """Samples [B, ...] from unit `noise` [B, ...]; `guide` is the CFG / autoguidance denoiser."""
+        D = guided(net, guide, self.guidance)
+
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            s = sigma.expand(x.shape[0]).to(torch.float32)
-            d = net(x, s, labels).to(torch.float64)
-            if guide is not None and self.guidance != 1:
-                g = guide(x, s, labels).to(torch.float64)
-                d = g + self.guidance * (d - g)
-            return d
+            return D(x, sigma.expand(x.shape[0]).to(torch.float32), labels).to(torch.float64)
 
         sigmas = edm_sigmas(self.num_steps, self.sigma_min, self.sigma_max, self.rho, noise.device)
         x = noise.to(torch.float64) * sigmas[0]
