@@ -18,6 +18,7 @@ COMPONENTS_PER_BRANCH = 8  # Gaussians along one branch
 BRANCH_DECAY = 0.8  # each level is 0.8x as long and as thick as its parent
 ORIGIN = (0.0030, 0.0325)
 SCALE = (1.3136, 1.3844)
+EXTENT = (-1.7, 1.7, -1.3, 1.3)  # x0, x1, y0, y1: a box holding both trees, for plots and grid metrics
 
 
 def tree_mixture(seed: int = 2) -> GaussianMixture2D:

@@ -15,9 +15,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if (path / LAST).is_file():
         return Path((path / LAST).read_text().strip())
-    if path.is_dir() or path.suffix == ".safetensors":
-        if path.exists():
-            return path
+    if path.is_dir() or (path.suffix == ".safetensors" and path.is_file()):
+        return path
     raise ConfigError(f"reference checkpoint '{path}': no such checkpoint directory, work_dir with "
                       f"{LAST}, or .safetensors file")
 

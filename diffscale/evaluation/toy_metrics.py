@@ -14,12 +14,11 @@ A guide and a weight w give the guided denoiser D_guide + w (D - D_guide) for ev
 import torch
 
 from diffscale.data.gmm import GaussianMixture2D
-from diffscale.data.toy import TREE_DEPTH
+from diffscale.data.toy import EXTENT, TREE_DEPTH
 from diffscale.sampling.edm_heun import EDMHeunSampler
 from diffscale.sampling.guidance import Denoiser, guided
 
 SIGMAS = (0.005, 0.02, 0.1, 0.5, 2.0)
-EXTENT = (-1.7, 1.7, -1.3, 1.3)
 
 
 def exact_denoiser(mixture: GaussianMixture2D) -> Denoiser:

@@ -10,12 +10,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffscale.data.gmm import GaussianMixture2D  # noqa: E402
+from diffscale.data.toy import EXTENT  # noqa: E402
 
 CLASS_COLORS = ("tab:orange", "tab:blue")
 
 
 def plot_samples(mixture: GaussianMixture2D, samples: torch.Tensor, labels: torch.Tensor, path: Path,
-                 title: str = "", extent: tuple[float, float, float, float] = (-1.7, 1.7, -1.3, 1.3),
+                 title: str = "", extent: tuple[float, float, float, float] = EXTENT,
                  resolution: int = 240) -> np.ndarray:
     """Scatter `samples` [N, 2] coloured by class over log p(x); writes `path`, returns the RGB image."""
     xs = torch.linspace(extent[0], extent[1], resolution)

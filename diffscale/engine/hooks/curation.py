@@ -69,6 +69,7 @@ class CurationHook(Hook):
         self.b = trainer.batch_gpu
         self.B = round(self.b / (1 - self.filter_ratio))
         self.device, self.world = trainer.dist.device, trainer.dist.world_size
+        self.num_classes = int(getattr(trainer.strategy.module, "label_dim", 0)) or 1  # for class shares kept
         self.ref = None
         if self.reference_cfg is not None:
             cfg = dict(self.reference_cfg)
@@ -138,8 +139,7 @@ class CurationHook(Hook):
         s["score_all"] += score.mean()
         s["score_kept"] += score[idx].mean()
         if labels is not None:
-            kept = torch.bincount(labels[idx].long(), minlength=int(getattr(self.trainer.strategy.module,
-                                                                             "label_dim", 0)) or 1)
+            kept = torch.bincount(labels[idx].long(), minlength=self.num_classes)
             s["classes"] = kept.float() if s["classes"] is None else s["classes"] + kept.float()
         s["n"] += 1
 
