@@ -1,185 +1,53 @@
 #!/usr/bin/env python
-"""tools/benchmark.py [--suite trainer ...] [--out FILE.json]: hot-path benchmarks, measured in one run,
+"""tools/benchmark.py [--suite NAME ...] [--out FILE.json]: hot-path benchmarks, measured in one run,
 printed as a table and written as JSON. Ratios compare runs interleaved in the same process.
 
-Suites:
-  trainer  the trainer's full step (loop, hooks, logging, step-status check) against a bare PyTorch
-           loop of the same toy model, batch, data stream, loss and optimizer. Target: ratio <= 1.10.
-  ajest    the AJEST step (score B = b / 0.2 with learner and reference, JEST keeps b, train on b) against
-           the baseline step on b, and against the ideal 1 + (t_fwd_learner(B) + t_fwd_ref(B)) / t_step(b).
-  jest     JEST selection (Gumbel top-k over O(B) logits) at super-batch B, 8 chunks, keeping B / 5,
-           against the textbook implementation on the B x B score matrix. Target: < 20 ms at B = 16384.
+Each module in tools/benchmarks/ exports SUITES = {name: fn(args) -> dict of figures} and may export
+add_arguments(parser) for its own options. Suites (see each module's docstring for targets):
+  toy.py         trainer (trainer step vs a bare PyTorch loop), ajest (AJEST step vs baseline and ideal),
+                 jest (JEST selection vs the B x B textbook implementation)
+  data.py        loader (MDS shard loader throughput)
+  edm2.py        EDM2 step in the trainer vs bare, and GPU throughput / MFU when a GPU is present
+  evaluation.py  features (feature-extraction throughput of the evaluation networks)
 """
 
 import argparse
+import importlib
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _time_steps(step_fn, steps: int) -> float:
-    """Seconds per step over `steps` calls (synchronising a GPU at the ends only)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step_fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps
+MODULES = [p.stem for p in sorted((ROOT / "tools" / "benchmarks").glob("*.py")) if p.stem not in ("__init__", "common")]
 
 
-def _toy_trainer(config: str, args: argparse.Namespace, edit=None):
-    import tempfile
-
-    from diffscale.config import load_config
-    from diffscale.engine.trainer import Trainer
-    from diffscale.utils.dist import init_distributed
-
-    options = [f"train_cfg.batch_size={args.batch}", f"train_cfg.batch_gpu={args.batch}",
-               "train_cfg.max_iters=1000000", "checkpoint.interval=1000000", "train_cfg.log_interval=50"]
-    cfg = load_config(str(ROOT / config), options, tempfile.mkdtemp(prefix="diffscale-bench-"))
-    if edit is not None:
-        edit(cfg)
-    trainer = Trainer(cfg, init_distributed("none"))
-    for hook in trainer.hooks:
-        hook.before_run(trainer)
-    trainer.hooks[0].bar = tqdm(disable=True)  # the logger still logs; only the bar stays quiet
-
-    def step() -> None:
-        metrics = trainer._train_step()
-        for hook in trainer.hooks:
-            hook.after_step(metrics)
-
-    return trainer, step
-
-
-def bench_trainer(args: argparse.Namespace) -> dict:
-    from diffscale.registry import DATASETS, MODELS, OBJECTIVES, OPTIMIZERS, build
-
-    trainer, trainer_step = _toy_trainer("configs/toy/tree2d_baseline.py", args, lambda cfg: setattr(cfg, "hooks", []))
-    cfg, device = trainer.cfg, trainer.dist.device
-
-    # The bare loop: same model config, seed, data stream, loss and optimizer; nothing else.
-    torch.manual_seed(cfg.train_cfg.seed)
-    model = build(MODELS, cfg.model, "model").to(device)
-    objective = build(OBJECTIVES, cfg.objective, "objective")
-    optimizer = build(OPTIMIZERS, dict(cfg.optimizer), "optimizer", params=list(model.parameters()))
-    loader = build(DATASETS, cfg.data.train, "data.train", batch_gpu=args.batch, rank=0, seed=0, device=device)
-    generator = torch.Generator(device).manual_seed(0)
-
-    def bare_step() -> None:
-        loss = objective(model, next(loader), generator).mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for fn in (trainer_step, bare_step):  # warm-up
-        _time_steps(fn, args.warmup)
-    rounds = {"trainer": [], "bare": []}
-    for _ in range(args.rounds):  # interleaved, so drift in machine speed hits both alike
-        rounds["trainer"].append(_time_steps(trainer_step, args.steps))
-        rounds["bare"].append(_time_steps(bare_step, args.steps))
-    t_trainer, t_bare = statistics.median(rounds["trainer"]), statistics.median(rounds["bare"])
-    return {
-        "batch": args.batch, "steps_per_round": args.steps, "rounds": args.rounds,
-        "trainer_ms_per_step": 1e3 * t_trainer, "bare_ms_per_step": 1e3 * t_bare,
-        "ratio": t_trainer / t_bare, "target_ratio": 1.10,
-    }
-
-
-def bench_ajest(args: argparse.Namespace) -> dict:
-    import tempfile
-
-    from safetensors.torch import save_file
-
-    from diffscale.config import load_config
-    from diffscale.registry import MODELS, build
-
-    # A reference of the configured architecture with random weights, saved as an export.
-    ajest_cfg = load_config(str(ROOT / "configs/toy/tree2d_ajest.py"))
-    ref_model_cfg = ajest_cfg.hooks[0]["reference"]["model"]
-    ref_path = Path(tempfile.mkdtemp(prefix="diffscale-bench-")) / "ref.safetensors"
-    save_file({f"model.{k}": v.contiguous() for k, v in build(MODELS, ref_model_cfg, "ref").state_dict().items()},
-              str(ref_path))
-
-    def only_curation(cfg) -> None:
-        curation = dict(cfg.hooks[0])
-        curation["reference"] = dict(curation["reference"], checkpoint=str(ref_path), ema=None)
-        cfg.hooks = [curation]
-
-    base, base_step = _toy_trainer("configs/toy/tree2d_baseline.py", args, lambda cfg: setattr(cfg, "hooks", []))
-    ajest, ajest_step = _toy_trainer("configs/toy/tree2d_ajest.py", args, only_curation)
-    curation = ajest.hooks[1]
-    batch = next(base.loader)
-    B = curation.B
-    x = torch.cat([batch["x"]] * (B // args.batch + 1))[:B]
-    labels = torch.cat([batch["label"]] * (B // args.batch + 1))[:B]
-    sigma, noise = base.objective.sample_noise(x, base.generator)
-
-    def fwd(model):
-        def run() -> None:
-            with torch.no_grad():
-                base.objective.per_example(model, x, labels, sigma, noise)
-        return run
-
-    timings = {"base": [], "ajest": [], "fwd_learner": [], "fwd_ref": []}
-    fns = {"base": base_step, "ajest": ajest_step, "fwd_learner": fwd(base.strategy.model),
-           "fwd_ref": fwd(curation.ref)}
-    for fn in fns.values():
-        _time_steps(fn, args.warmup)
-    for _ in range(args.rounds):
-        for key, fn in fns.items():
-            timings[key].append(_time_steps(fn, args.steps))
-    t = {k: statistics.median(v) for k, v in timings.items()}
-    ideal = 1 + (t["fwd_learner"] + t["fwd_ref"]) / t["base"]
-    return {"batch": args.batch, "superbatch": B, "base_ms": 1e3 * t["base"], "ajest_ms": 1e3 * t["ajest"],
-            "fwd_learner_B_ms": 1e3 * t["fwd_learner"], "fwd_ref_B_ms": 1e3 * t["fwd_ref"],
-            "ratio": t["ajest"] / t["base"], "ideal_ratio": ideal, "overhead_vs_ideal": t["ajest"] / t["base"] / ideal}
-
-
-def bench_jest(args: argparse.Namespace) -> dict:
-    from diffscale.selection.jest import JEST
-    from diffscale.selection.jest_direct import direct_jest
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    B, n_select = args.superbatch, args.superbatch // 5  # filter ratio 0.8
-    gen = torch.Generator(device).manual_seed(0)
-    learner = torch.rand(B, device=device, generator=gen)
-    ref = torch.rand(B, device=device, generator=gen)
-    jest = JEST(n_chunks=8)
-    ours = lambda: jest(learner, ref, n_select, gen)
-    direct = lambda: direct_jest(learner, ref, n_select, 8, "learnability", gen)
-    _time_steps(ours, 3)
-    _time_steps(direct, 1)
-    t_ours = statistics.median(_time_steps(ours, 10) for _ in range(args.rounds))
-    t_direct = statistics.median(_time_steps(direct, 1) for _ in range(max(args.rounds // 2, 1)))
-    return {"superbatch": B, "n_select": n_select, "n_chunks": 8, "jest_ms": 1e3 * t_ours,
-            "direct_matrix_ms": 1e3 * t_direct, "speedup": t_direct / t_ours, "target_ms": 20.0}
-
-
-SUITES = {"trainer": bench_trainer, "ajest": bench_ajest, "jest": bench_jest}
+def _suites() -> tuple[dict, list]:
+    suites, modules = {}, []
+    for name in MODULES:
+        module = importlib.import_module(f"tools.benchmarks.{name}")
+        suites.update(module.SUITES)
+        modules.append(module)
+    return suites, modules
 
 
 def main(argv: list[str] | None = None) -> int:
+    suites, modules = _suites()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", nargs="+", choices=sorted(SUITES), default=sorted(SUITES))
+    p.add_argument("--suite", nargs="+", choices=sorted(suites), default=sorted(suites))
     p.add_argument("--batch", type=int, default=4096, help="toy batch (the toy config's default)")
     p.add_argument("--superbatch", type=int, default=16384, help="super-batch size B for the jest suite")
     p.add_argument("--steps", type=int, default=50, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--out", default="work_dirs/benchmark/benchmark.json")
+    for module in modules:
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(p)
     args = p.parse_args(argv)
     results = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -187,12 +55,12 @@ def main(argv: list[str] | None = None) -> int:
                     or "cpu"},
     }
     for name in args.suite:
-        results[name] = SUITES[name](args)
-    print(f"{'suite':<10} {'metric':<22} {'value':>12}")
+        results[name] = suites[name](args)
+    print(f"{'suite':<10} {'metric':<26} {'value':>12}")
     for name in args.suite:
         for key, value in results[name].items():
             text = f"{value:.4g}" if isinstance(value, float) else str(value)
-            print(f"{name:<10} {key:<22} {text:>12}")
+            print(f"{name:<10} {key:<26} {text:>12}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
