@@ -54,7 +54,8 @@ def test_export_of_a_non_checkpoint_fails_clearly(tmp_path):
 
 def test_benchmark_writes_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run([sys.executable, str(ROOT / "tools/benchmark.py"), "--suite", "trainer", "ajest", "jest", "--batch", "256", "--superbatch", "1024",
+    proc = run([sys.executable, str(ROOT / "tools/benchmark.py"), "--suite", "trainer", "ajest", "jest",
+                "--batch", "256", "--superbatch", "1024",
                 "--steps", "2", "--rounds", "1", "--warmup", "1", "--out", str(out)])
     assert "ratio" in proc.stdout and "train:" not in proc.stderr  # no progress bar in benchmarks
     result = json.loads(out.read_text())
