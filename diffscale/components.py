@@ -7,6 +7,7 @@ import diffscale.engine.hooks.curation  # noqa: F401
 import diffscale.engine.hooks.ema  # noqa: F401
 import diffscale.engine.hooks.logger  # noqa: F401
 import diffscale.engine.hooks.toy_plot  # noqa: F401
+import diffscale.engine.hooks.validation  # noqa: F401
 import diffscale.engine.lr_schedules  # noqa: F401
 import diffscale.engine.strategies.ddp  # noqa: F401
 import diffscale.engine.strategies.deepspeed  # noqa: F401

@@ -18,6 +18,7 @@ hooks = [
         early=None,  # dict(patience=3, momentum=0.9, check_interval=10) turns on Early AJEST
     ),
     dict(type="EMAHook", stds=(0.050, 0.100)),
+    dict(type="ValidationHook", interval=64, num_batches=4),  # unbiased loss on held-out data (data.val)
     dict(type="ToyPlotHook", interval=0, num_samples=4096, ema="pf_0.050", metrics=True,
          guide=reference,  # autoguidance: samples and guided metrics use D_ref + w (D - D_ref)
          sampler=dict(type="EDMHeunSampler", num_steps=32, sigma_min=0.002, sigma_max=5.0, guidance=3.0)),

@@ -7,6 +7,7 @@ _base_ = [
 ]
 hooks = [
     dict(type="EMAHook", stds=(0.050, 0.100)),  # EDM2 power-function averages
+    dict(type="ValidationHook", interval=64, num_batches=4),  # unbiased loss on held-out data (data.val)
     dict(type="ToyPlotHook", interval=0, num_samples=4096, ema="pf_0.050", metrics=True,  # plot + metrics at the end
          sampler=dict(type="EDMHeunSampler", num_steps=32, sigma_min=0.002, sigma_max=5.0)),
 ]

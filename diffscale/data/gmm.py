@@ -33,42 +33,49 @@ class GaussianMixture2D:
         x, comp = self.sample_components(n, generator)
         return x, self.classes[comp]
 
-    def _log_components(self, x: torch.Tensor, sigma: float, dtype: torch.dtype = torch.float64
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """log(w_k N(x; mu_k, Sigma_k + sigma^2 I)) [n, K] and the offsets x - mu_k [n, K, 2].
-
-        Written out for 2x2 covariances (closed-form inverse) so it is elementwise work, not batched
-        matrix products: about 20x faster than an einsum over [n, K, 2, 2] on CPU."""
+    def _precisions(self, sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(p_xx, p_xy, p_yy, log-normaliser) [K] of (Sigma_k + sigma^2 I)^-1, closed form for 2x2."""
         a = self.covs[:, 0, 0] + sigma**2
         b = self.covs[:, 0, 1]
         c = self.covs[:, 1, 1] + sigma**2
         det = a * c - b * b
-        const = (-0.5 * det.log() - math.log(2 * math.pi) + self.weights.log()).to(dtype)
-        a, b, c = ((v / det).to(dtype) for v in (a, b, c))
-        d = x.to(dtype)[:, None, :] - self.means.to(dtype)[None]  # [n, K, 2]
-        dx, dy = d[..., 0], d[..., 1]
-        maha = c * dx * dx - 2 * b * dx * dy + a * dy * dy
-        return const - 0.5 * maha, d
+        const = -0.5 * det.log() - math.log(2 * math.pi) + self.weights.log()
+        return c / det, -b / det, a / det, const
+
+    def _log_components(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """log(w_k N(x; mu_k, Sigma_k + sigma^2 I)) [n, K] in float64.
+
+        The Mahalanobis term (x - mu)^T P (x - mu) is expanded into quadratic features of x times
+        per-component coefficients, so all n x K entries come from one [n, 6] @ [6, K] matrix product
+        instead of elementwise work on [n, K, 2] offsets (several times faster on CPU). float64 keeps the
+        cancellation between the expanded terms (precisions reach 1e6 for the thinnest branches) below 1e-9."""
+        pxx, pxy, pyy, const = self._precisions(sigma)
+        mx, my = self.means[:, 0], self.means[:, 1]
+        coeffs = torch.stack([pxx, 2 * pxy, pyy, -2 * (pxx * mx + pxy * my), -2 * (pxy * mx + pyy * my),
+                              pxx * mx * mx + 2 * pxy * mx * my + pyy * my * my])  # [6, K]
+        x = x.double()
+        feats = torch.stack([x[:, 0] ** 2, x[:, 0] * x[:, 1], x[:, 1] ** 2, x[:, 0], x[:, 1],
+                             torch.ones_like(x[:, 0])], dim=1)  # [n, 6]
+        return const - 0.5 * (feats @ coeffs)
 
     def log_prob(self, x: torch.Tensor, sigma: float = 0.0, chunk: int = 8192,
                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """log p(x) of the mixture convolved with N(0, sigma^2 I); x [N, 2] -> [N] in `dtype`."""
-        return torch.cat([torch.logsumexp(self._log_components(xs, sigma, dtype)[0], dim=1)
-                          for xs in x.split(chunk)])
+        return torch.cat([torch.logsumexp(self._log_components(xs, sigma), dim=1) for xs in x.split(chunk)]).to(dtype)
 
     def denoise(self, x: torch.Tensor, sigma: float, chunk: int = 8192) -> torch.Tensor:
         """The exact denoiser E[y | y + sigma n = x] of the mixture; x [N, 2] -> [N, 2] (float32)."""
+        # Per component E[y | x] = x - sigma^2 P_k (x - mu_k), P_k = (Sigma_k + sigma^2 I)^-1, mixed by the
+        # responsibilities r_k: sum_k r_k P_k (x - mu_k) = (sum_k r_k P_k) x - sum_k r_k P_k mu_k, all matmuls.
+        pxx, pxy, pyy, _ = self._precisions(sigma)
+        mx, my = self.means[:, 0], self.means[:, 1]
+        per_comp = torch.stack([pxx, pxy, pyy, pxx * mx + pxy * my, pxy * mx + pyy * my], dim=1)  # [K, 5]
         out = []
-        # Per component E[y | x] = x - sigma^2 (Sigma + sigma^2 I)^-1 (x - mu); mixed by responsibility.
-        a = self.covs[:, 0, 0] + sigma**2
-        b = self.covs[:, 0, 1]
-        c = self.covs[:, 1, 1] + sigma**2
-        det = a * c - b * b
         for xs in x.split(chunk):
-            logits, d = self._log_components(xs, sigma)
-            resp = torch.softmax(logits, dim=1)
-            px = (c * d[..., 0] - b * d[..., 1]) / det  # (Sigma + sigma^2 I)^-1 d, component-wise
-            py = (-b * d[..., 0] + a * d[..., 1]) / det
-            shift = torch.stack([(resp * px).sum(1), (resp * py).sum(1)], dim=1)
-            out.append((xs.double() - sigma**2 * shift).float())
+            resp = torch.softmax(self._log_components(xs, sigma), dim=1)
+            m = resp @ per_comp  # [n, 5]
+            xd = xs.double()
+            shift_x = m[:, 0] * xd[:, 0] + m[:, 1] * xd[:, 1] - m[:, 3]
+            shift_y = m[:, 1] * xd[:, 0] + m[:, 2] * xd[:, 1] - m[:, 4]
+            out.append((xd - sigma**2 * torch.stack([shift_x, shift_y], dim=1)).float())
         return torch.cat(out)

@@ -8,4 +8,5 @@ hooks = [
                                    net=dict(type="ToyMLP", hidden_dim=16, num_layers=4)),
                         checkpoint="set/by/the/test", ema="pf_0.100")),
     dict(type="EMAHook", stds=(0.050,)),
+    dict(type="ValidationHook", interval=4, num_batches=2),
 ]

@@ -1,6 +1,8 @@
 """CurationHook end to end: AJEST against a trained reference under each strategy, Early AJEST switch and
 resume, and start-up errors for a missing or mismatched reference."""
 
+import json
+
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -43,6 +45,11 @@ def test_ajest_trains_on_the_more_learnable_examples(run, reference, tmp_path):
     shares = sum(v for t, series in s.items() if t.startswith("curation/class_") for _, v in series[-1:])
     assert shares == pytest.approx(1.0, abs=1e-5)
     assert all(v > 0 for _, v in s["curation/scoring_ms"] + s["curation/reference_superbatch_loss"])
+    # Validation on held-out data: at step 0, every 4 steps and at the end, global over ranks.
+    val = [json.loads(line) for line in (tmp_path / "val_loss.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in val] == [0, 4, 8, 12] and [v["nimg"] for v in val] == [0, 512, 1024, 1536]
+    assert val[-1]["loss"] < val[0]["loss"] and val[0]["train_seconds"] == 0 < val[1]["train_seconds"]
+    assert [step for step, _ in s["val/loss"]] == [0, 4, 8, 12]
 
 
 def test_early_ajest_switches_off_and_the_switch_survives_resume(reference, tmp_path):
@@ -56,6 +63,11 @@ def test_early_ajest_switches_off_and_the_switch_survives_resume(reference, tmp_
     train(AJEST, tmp_path, options=(*options[:2], "train_cfg.max_iters=16"), extra=("--resume",))
     state = torch.load(last_checkpoint(tmp_path) / "trainer.pt", weights_only=True)["hooks"]["1"]
     assert state["active"] is False and state["switch_step"] == switch
+    # Validation resumed where it stopped: no second step-0 point, training time carried on.
+    val = [json.loads(line) for line in (tmp_path / "val_loss.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in val] == [0, 4, 8, 10, 12, 16]
+    seconds = [v["train_seconds"] for v in val]
+    assert seconds == sorted(seconds)
     # No scoring after the switch: the last super-batch loss point is at the switch step.
     assert max(step for step, _ in scalars(tmp_path)["curation/learner_superbatch_loss"]) == switch
 

@@ -22,7 +22,7 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
                     "WarmupCosineLR": (dict(max_iters=100, warmup_iters=10), {})},
     "hook": {"EMAHook": ({}, {}), "LoggerHook": ({}, {}), "CheckpointHook": (dict(interval=5), {}),
              "ToyPlotHook": ({}, {}), "CurationHook": (dict(selector=dict(type="random")), {}),
-             "SlowDownHook": ({}, {}), "NaNInjectHook": ({}, {})},
+             "SlowDownHook": ({}, {}), "NaNInjectHook": ({}, {}), "ValidationHook": (dict(interval=5), {})},
     "strategy": {"ddp": ({}, dict(dist_info=CPU, precision="fp32")),
                  "fsdp": ({}, dict(dist_info=CPU, precision="fp32")),
                  "deepspeed": (dict(zero_stage=3), dict(dist_info=CPU, precision="bf16"))},

@@ -1,0 +1,50 @@
+"""The toy report's aggregation: examples-to-target, mean ± std over seeds, the markdown table."""
+
+import math
+import statistics
+
+import pytest
+
+from diffscale.evaluation.toy_report import markdown_table, nimg_to_reach, summarize
+
+
+def run(losses: list[float], seconds: float, support: float) -> dict:
+    curve = [{"step": i, "nimg": 100 * i, "train_seconds": seconds * i / (len(losses) - 1), "loss": v}
+             for i, v in enumerate(losses)]
+    metrics = {"pf_0.050": {"support_share": support, "class_accuracy": 0.9, "outer_loss": 1.0}}
+    return {"curve": curve, "metrics": metrics}
+
+
+def test_nimg_to_reach_is_the_first_crossing():
+    curve = [{"nimg": 0, "loss": 1.0}, {"nimg": 10, "loss": 0.6}, {"nimg": 20, "loss": 0.4}, {"nimg": 30, "loss": 0.3}]
+    assert nimg_to_reach(curve, 0.5) == 20
+    assert nimg_to_reach(curve, 0.6) == 10
+    assert math.isinf(nimg_to_reach(curve, 0.1))
+
+
+def test_summary_against_a_hand_computation():
+    runs = {"baseline": [run([1.0, 0.8, 0.5], 10.0, 0.5), run([1.0, 0.7, 0.7], 12.0, 0.7)],
+            "ajest": [run([1.0, 0.5, 0.4], 30.0, 0.8), run([1.0, 0.6, 0.5], 34.0, 0.6)]}
+    rows = {r["method"]: r for r in summarize(runs, "pf_0.050", guided=None)}
+    # Baseline final losses 0.5 and 0.7 give the target 0.6: seed 0 reaches it at nimg 200, seed 1 never
+    # (it ends at 0.7), so the mean over seeds is infinite.
+    assert rows["baseline"]["nimg_to_baseline_loss"] == "never"
+    assert rows["ajest"]["val_loss"] == f"{0.45:.4f} ± {statistics.stdev([0.4, 0.5]):.4f}"
+    assert rows["ajest"]["train_s"] == f"{32.0:.1f} ± {statistics.stdev([30.0, 34.0]):.1f}"
+    assert rows["ajest"]["support_share"] == f"{0.7:.3f} ± {statistics.stdev([0.8, 0.6]):.3f}"
+
+
+def test_relative_examples_to_the_baseline_loss():
+    runs = {"baseline": [run([1.0, 0.8, 0.6, 0.5], 1.0, 0.5)], "ajest": [run([1.0, 0.5, 0.4, 0.3], 1.0, 0.5)]}
+    rows = {r["method"]: r for r in summarize(runs, "pf_0.050", guided=None)}
+    assert rows["baseline"]["nimg_to_baseline_loss"] == "1.00x"
+    assert rows["ajest"]["nimg_to_baseline_loss"] == f"{100 / 300:.2f}x"  # 0.5 reached at 100 vs 300
+    table = markdown_table(list(rows.values()))
+    assert table.splitlines()[0].startswith("| method | seeds | val loss | train s | nimg to baseline loss")
+    assert len(table.splitlines()) == 4
+
+
+@pytest.mark.parametrize("losses", [[1.0, 0.9], [2.0, 1.0, 0.5]])
+def test_single_seed_has_no_spread(losses):
+    row = summarize({"baseline": [run(losses, 5.0, 0.5)]}, "pf_0.050", guided=None)[0]
+    assert "±" not in row["val_loss"] and row["nimg_to_baseline_loss"] == "1.00x"
