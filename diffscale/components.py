@@ -12,6 +12,7 @@ import diffscale.engine.lr_schedules  # noqa: F401
 import diffscale.engine.strategies.ddp  # noqa: F401
 import diffscale.engine.strategies.deepspeed  # noqa: F401
 import diffscale.engine.strategies.fsdp  # noqa: F401
+import diffscale.models.edm2_unet  # noqa: F401
 import diffscale.models.toy_mlp  # noqa: F401
 import diffscale.sampling.edm_heun  # noqa: F401
 import diffscale.selection.jest  # noqa: F401

@@ -6,6 +6,9 @@ c_noise = ln(sigma) / 4, sd = sigma_data.
 Loss (EDM2 eq. 4 with learned uncertainty u(sigma) = logvar):
 L = (weight / exp(logvar)) ||D - y||^2 + logvar, weight = (sigma^2 + sd^2) / (sigma sd)^2,
 ln sigma ~ N(P_mean, P_std^2).
+EDM2Precond is the same preconditioning around the EDM2 U-Net (models/edm2_unet.py) with EDM2's MP log-variance
+head. EDM2 adds u per element and sums over the example's elements (its training loop: loss.sum() / batch), i.e.
+EDMLoss(reduction='sum'); 'mean' divides that by the element count (same optimum, gradients n times smaller).
 """
 
 import math
@@ -13,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from diffscale.models.layers.mp import MPConv, MPFourier, disable_forward_wn_if_sharded_, force_weight_norm_
 from diffscale.registry import MODELS, OBJECTIVES, build
 
 
@@ -75,6 +79,59 @@ class EDMPrecond(nn.Module):
             return D_x
         # clone(): return a fresh tensor, not a view; FSDP2 hooks the outputs of a sharded module.
         logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1).clone()
+        return D_x, logvar
+
+
+@MODELS.register_module()
+class EDM2Precond(nn.Module):
+    """EDM preconditioning around an EDM2 network (Karras et al. 2024, Sec. 2 and App. B.2).
+
+    forward(x[B, C, H, W], sigma[B], class_labels[B] int or [B, label_dim] one-hot float | None) -> D(x);
+    with return_logvar=True also u(sigma) [B], the learned log-variance of EDM2 eq. 21: an MP Fourier
+    embedding of c_noise followed by an MP linear layer (no bias), trained only through the loss.
+    The network's label_dim is the precond's; int labels are one-hot encoded, None is the zero label.
+    """
+
+    def __init__(self, net: dict | nn.Module, sigma_data: float = 0.5, logvar_channels: int = 128):
+        super().__init__()
+        self.net = build(MODELS, net, "model.net") if isinstance(net, dict) else net
+        self.sigma_data = sigma_data
+        self.label_dim = getattr(self.net, "label_dim", 0)
+        self.logvar_fourier = MPFourier(logvar_channels, seed=1)  # seed 1: not the network's noise embedding
+        self.logvar_linear = MPConv(logvar_channels, 1)
+        self._sharded = False  # FSDP2 / ZeRO-3 found: in-forward forced normalisation is off for good
+
+    def force_weight_norm_(self) -> int:
+        """Forced weight normalisation (EDM2 eq. 66) of every MP weight, network included, in place; the trainer
+        calls it after each optimizer step (exact for plain modules, DDP and FSDP2; see models/layers/mp.py)."""
+        return force_weight_norm_(self)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        return_logvar: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.training and not self._sharded:  # no in-forward forced normalisation on FSDP2 / ZeRO-3 shards
+            self._sharded = disable_forward_wn_if_sharded_(self)
+        x = x.float()
+        sigma = sigma.float().reshape(-1, *([1] * (x.ndim - 1)))
+        sd = self.sigma_data
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+        c_in = 1 / (sd**2 + sigma**2).sqrt()
+        c_noise = sigma.flatten().log() / 4
+        labels = None
+        if self.label_dim and class_labels is not None:
+            labels = (nn.functional.one_hot(class_labels.long(), self.label_dim) if class_labels.ndim == 1
+                      else class_labels).float()
+        F_x = self.net(c_in * x, c_noise, labels)
+        D_x = c_skip * x + c_out * F_x.float()
+        if not return_logvar:
+            return D_x
+        # clone(): a fresh tensor, not a view; FSDP2 hooks the outputs of a sharded module.
+        logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1).float().clone()
         return D_x, logvar
 
 

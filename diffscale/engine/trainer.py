@@ -71,6 +71,10 @@ class Trainer:
         self.strategy: Strategy = build(STRATEGIES, strategy_cfg, "strategy", dist_info=dist_info,
                                         precision=self.precision)
         self.strategy.prepare(model, dict(cfg.optimizer), self.batch_gpu, self.accum, self.grad_clip)
+        # EDM2's forced weight normalisation after each optimizer step, on the weights the optimizer updates
+        # (plain, DDP, FSDP2 shards). DeepSpeed keeps them inside its optimizer, out of reach (models/layers/mp.py).
+        self.force_weight_norm = (getattr(self.strategy.module, "force_weight_norm_", None)
+                                  if self.strategy.name != "deepspeed" else None)
         # Noise (sigma, n) comes from a per-rank generator whose state is checkpointed.
         self.generator = torch.Generator(dist_info.device).manual_seed(tc.seed * 1000 + dist_info.rank)
         # The checkpoint hook runs last, so a checkpoint holds every hook's update of that step.
@@ -124,6 +128,9 @@ class Trainer:
         # completes it, so reading it afterwards costs no second sync.
         stop_flag = stats[1].to("cpu", non_blocking=True)
         grad_norm, status = self.strategy.step(loss_finite=mean_loss.isfinite())
+        if self.force_weight_norm is not None and status == STEP_OK:
+            with torch.no_grad():
+                self.force_weight_norm()
         self.step += 1
         self.nimg += self.batch_size
         self._count(status)

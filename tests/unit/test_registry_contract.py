@@ -12,7 +12,10 @@ from diffscale.utils.dist import DistInfo
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
 NET = dict(type="ToyMLP", hidden_dim=16, num_layers=2)
 ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
-    "model": {"ToyMLP": (dict(hidden_dim=16, num_layers=2), {}), "EDMPrecond": (dict(net=NET, label_dim=2), {})},
+    "model": {"ToyMLP": (dict(hidden_dim=16, num_layers=2), {}), "EDMPrecond": (dict(net=NET, label_dim=2), {}),
+              "EDM2UNet": (dict(preset="tiny-xxs", channels=16, channels_per_head=16), {}),
+              "EDM2Precond": (dict(net=dict(type="EDM2UNet", preset="tiny-xxs", channels=16, channels_per_head=16)),
+                              {})},
     "objective": {"EDMLoss": ({}, {})},
     "sampler": {"EDMHeunSampler": (dict(num_steps=4), {})},
     "dataset": {"Tree2DStream": ({}, dict(batch_gpu=8, rank=1, seed=3))},
