@@ -1,5 +1,6 @@
 """Import every module that registers a component, so that configs can name any of them."""
 
+import diffscale.data.streaming  # noqa: F401
 import diffscale.data.toy  # noqa: F401
 import diffscale.diffusion.edm  # noqa: F401
 import diffscale.engine.hooks.checkpoint  # noqa: F401

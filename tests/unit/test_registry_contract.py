@@ -18,7 +18,8 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
                               {})},
     "objective": {"EDMLoss": ({}, {})},
     "sampler": {"EDMHeunSampler": (dict(num_steps=4), {})},
-    "dataset": {"Tree2DStream": ({}, dict(batch_gpu=8, rank=1, seed=3))},
+    "dataset": {"Tree2DStream": ({}, dict(batch_gpu=8, rank=1, seed=3)),
+                "MDSImageStream": (dict(path=None, num_workers=0), dict(batch_gpu=4, rank=1, world_size=2, seed=3))},
     "optimizer": {name: ({"lr": 0.1}, {"params": [torch.nn.Parameter(torch.ones(2))]})
                   for name in ("Adam", "AdamW", "SGD")},
     "lr_schedule": {"ConstantLR": (dict(warmup_iters=10), {}), "InvSqrtLR": (dict(ref_iters=100, rampup_iters=10), {}),
@@ -36,6 +37,14 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
 REGISTRIES = [R.MODELS, R.OBJECTIVES, R.SAMPLERS, R.DATASETS, R.OPTIMIZERS, R.LR_SCHEDULES, R.HOOKS, R.STRATEGIES,
               R.EVALUATORS, R.SELECTORS]
 CASES = [(reg, name) for reg in REGISTRIES for name in sorted(reg.module_dict)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tiny_mds(tmp_path_factory):
+    """MDSImageStream's entry reads a real 16-sample dataset (path=None above), written once for this module."""
+    from tests.data_helpers import make_mds
+
+    ARGS["dataset"]["MDSImageStream"][0]["path"] = str(make_mds(tmp_path_factory.mktemp("mds") / "train")[0])
 
 
 def test_every_registered_component_has_a_contract_entry():

@@ -1,0 +1,89 @@
+"""Small datasets made inside tests (no downloads): Tiny ImageNet in its official layout, CIFAR-10 python
+batches, and MDS shards written through the real converter."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def class_image(label: int, index: int, size: int, gray: bool = False) -> Image.Image:
+    """An image whose mean red level tells its class (20 + 40 * label, robust to JPEG) and whose left half is
+    darker than its right half (so a horizontal flip is visible)."""
+    rng = np.random.default_rng([label, index])
+    img = np.empty((size, size, 3), np.uint8)
+    img[..., 0] = 20 + 40 * label
+    img[..., 1] = rng.integers(0, 256)
+    img[..., 2] = np.where(np.arange(size) < size // 2, 30, 220)[None, :]
+    return Image.fromarray(img).convert("L") if gray else Image.fromarray(img)
+
+
+def make_tiny_imagenet(root: Path, num_classes: int = 4, per_class: int = 6, val_per_class: int = 2,
+                       size: int = 64) -> Path:
+    """A Tiny ImageNet in the official zip's layout under root/tiny-imagenet-200 (returned): wnids.txt (not
+    sorted, as in the zip), words.txt (with classes beyond wnids.txt), train/<wnid>/images/<wnid>_<i>.JPEG with
+    <wnid>_boxes.txt, val/images/val_<k>.JPEG with val_annotations.txt. Class k in sorted wnid order has
+    images made by class_image(k, ...); the first training image of each class is grayscale, as some are."""
+    base = Path(root) / "tiny-imagenet-200"
+    wnids = [f"n{10000000 + 7919 * k:08d}" for k in range(num_classes)]  # sorted by construction
+    (base / "val" / "images").mkdir(parents=True, exist_ok=True)
+    (base / "wnids.txt").write_text("".join(f"{w}\n" for w in reversed(wnids)))
+    words = [f"{w}\tclass {k} name, synonym {k}" for k, w in enumerate(wnids)] + ["n99999999\tunused class"]
+    (base / "words.txt").write_text("\n".join(words) + "\n")
+    for k, wnid in enumerate(wnids):
+        images = base / "train" / wnid / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            class_image(k, i, size, gray=i == 0).save(images / f"{wnid}_{i}.JPEG", quality=95)
+        (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+    annotations = []
+    for k in range(num_classes * val_per_class):
+        label = k % num_classes
+        class_image(label, 1000 + k, size).save(base / "val" / "images" / f"val_{k}.JPEG", quality=95)
+        annotations.append(f"val_{k}.JPEG\t{wnids[label]}\t0\t0\t{size - 1}\t{size - 1}")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+    return base
+
+
+def make_cifar10(root: Path, per_batch: int = 5, test: int = 4) -> tuple[Path, np.ndarray, np.ndarray]:
+    """cifar-10-batches-py with 5 training batches of `per_batch` images; returns (folder, images uint8
+    [N, 3, 32, 32], labels [N]) of the training split."""
+    base = Path(root) / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]:
+        x = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+        y = rng.integers(0, 10, n).tolist()
+        with open(base / name, "wb") as f:
+            pickle.dump({b"data": x.reshape(n, -1), b"labels": y}, f)
+        if name != "test_batch":
+            images.append(x)
+            labels += y
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": names, b"num_cases_per_batch": per_batch}, f)
+    return base, np.concatenate(images), np.asarray(labels)
+
+
+def make_mds(out_dir: Path, num_samples: int = 16, shape: tuple[int, ...] = (3, 8, 8), num_classes: int = 4,
+             dtype: str = "uint8", seed: int = 0) -> tuple[Path, np.ndarray, np.ndarray]:
+    """An MDS dataset written by the converter from random arrays; returns (folder, x [N, *shape], labels [N]).
+    Sample i has label i % num_classes, and x[i, 0, 0, 0] == x[i, 0, 0, -1] == i % 256, so that its id can be
+    read back from a batch, flipped or not."""
+    from diffscale.data.converters import convert
+
+    rng = np.random.default_rng(seed)
+    if dtype == "uint8":
+        x = rng.integers(0, 256, (num_samples, *shape), dtype=np.uint8)
+    else:
+        x = rng.standard_normal((num_samples, *shape)).astype(dtype)
+    x[:, 0, 0, 0] = x[:, 0, 0, -1] = np.arange(num_samples) % 256
+    labels = np.arange(num_samples) % num_classes
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir.parent / f"{out_dir.name}.npz", x=x, y=labels,
+             class_names=np.array([f"c{k}" for k in range(num_classes)]))
+    convert("npz", out_dir.parent / f"{out_dir.name}.npz", out_dir, progress=False)
+    return out_dir, x, labels
