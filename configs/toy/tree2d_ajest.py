@@ -23,3 +23,6 @@ hooks = [
          guide=reference,  # autoguidance: samples and guided metrics use D_ref + w (D - D_ref)
          sampler=dict(type="EDMHeunSampler", num_steps=32, sigma_min=0.002, sigma_max=5.0, guidance=3.0)),
 ]
+# Test-time sampling as the ToyPlotHook above: autoguided by the reference at w = 3 (merged into the baseline's).
+# _delete_: the baseline's guide is None, which a dict cannot be merged into.
+test_cfg = dict(guide=dict(_delete_=True, **reference), sampler=dict(guidance=3.0))

@@ -26,11 +26,14 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
                     "WarmupCosineLR": (dict(max_iters=100, warmup_iters=10), {})},
     "hook": {"EMAHook": ({}, {}), "LoggerHook": ({}, {}), "CheckpointHook": (dict(interval=5), {}),
              "ToyPlotHook": ({}, {}), "CurationHook": (dict(selector=dict(type="random")), {}),
-             "SlowDownHook": ({}, {}), "NaNInjectHook": ({}, {}), "ValidationHook": (dict(interval=5), {})},
+             "SlowDownHook": ({}, {}), "NaNInjectHook": ({}, {}), "ValidationHook": (dict(interval=5), {}),
+             "SampleHook": (dict(num=4), {}),
+             "EvalHook": (dict(interval=5, best_metric="fid"), {})},
     "strategy": {"ddp": ({}, dict(dist_info=CPU, precision="fp32")),
                  "fsdp": ({}, dict(dist_info=CPU, precision="fp32")),
                  "deepspeed": (dict(zero_stage=3), dict(dist_info=CPU, precision="bf16"))},
-    "evaluator": {},
+    "evaluator": {name: (dict(random_weights=True), {}) for name in ("FID", "FDDINOv2", "ClassifierAccuracy", "CMMD")}
+    | {"ToyMetrics": ({}, {})},  # networks are built on first use: construction is cheap
     "selector": {"jest": (dict(n_chunks=4, score="inverted"), {}), "random": ({}, {}), "learnability_topk": ({}, {}),
                  "hard_learner": ({}, {})},
 }

@@ -47,6 +47,8 @@ class CurationHook(Hook):
         early: dict | None = None,  # Early AJEST: dict(patience=3, momentum=0.9, check_interval=10)
         seed: int = 0,  # the global-scope selection generator
         log_interval: int = 16,  # steps between TensorBoard points
+        per_element: bool = True,  # score with per-element losses (an objective that sums over pixels is divided
+        # by the pixel count), so JEST's softmax over learnability sees losses of order 1 at any resolution
     ):
         if not 0 <= filter_ratio < 1:
             raise ConfigError(f"CurationHook.filter_ratio: expected 0 <= r < 1, got {filter_ratio}")
@@ -57,7 +59,7 @@ class CurationHook(Hook):
             raise ConfigError(f"CurationHook.reference: selector '{selector['type']}' needs a reference model")
         self.filter_ratio, self.reference_cfg, self.scope, self.seed = filter_ratio, reference, scope, seed
         self.early = {"patience": 3, "momentum": 0.9, "check_interval": 10, **early} if early is not None else None
-        self.log_interval = log_interval
+        self.log_interval, self.per_element = log_interval, per_element
         self.active, self.switch_step, self.below_count = True, None, 0
         self.running: torch.Tensor | None = None  # running means [learner, reference] of super-batch losses
         self.device = torch.device("cpu")  # until before_run moves the generator to the run's device
@@ -110,6 +112,9 @@ class CurationHook(Hook):
             ref = None
             if self.ref is not None:
                 ref = trainer.objective.per_example(self.ref, x, labels, sigma, noise).float()
+        if self.per_element and getattr(trainer.objective, "reduction", "mean") == "sum":
+            n = x[0].numel()
+            learner, ref = learner / n, None if ref is None else ref / n
         t1 = time.perf_counter()
         full = dict(batch, sigma=sigma, noise=noise)
         if self.scope == "global" and self.world > 1:
