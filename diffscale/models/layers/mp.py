@@ -18,7 +18,7 @@ def normalize(x: torch.Tensor, dim: int | tuple[int, ...] | None = None, eps: fl
     """x divided by (eps + its RMS over `dim`) (default: all dims but the first): unit RMS per slice."""
     dim = tuple(range(1, x.ndim)) if dim is None else dim
     norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)
-    n_elems = math.prod(x.shape[d] for d in ((dim,) if isinstance(dim, int) else dim))
+    n_elems = math.prod([x.shape[d] for d in ((dim,) if isinstance(dim, int) else dim)])  # a list: no graph break
     return x / (eps + norm / math.sqrt(max(n_elems, 1))).to(x.dtype)
 
 
@@ -116,7 +116,8 @@ def disable_forward_wn_if_sharded_(module: nn.Module) -> bool:
 def force_weight_norm_(module: nn.Module) -> int:
     """Renormalise every MPConv weight of `module` in place (EDM2 eq. 66); returns how many tensors it touched.
 
-    Call it after each optimizer step on the model the optimizer updates. Plain parameters (one process, DDP)
+    Call it after each optimizer step on the model the optimizer updates (the trainer does); it also turns off
+    the in-forward renormalisation, which would repeat the same work. Plain parameters (one process, DDP)
     and FSDP2 DTensors sharded on dim 0 (each rank holds whole output channels, so the per-row norm is
     local) are normalised exactly. ZeRO partitions flatten rows across ranks and keep the fp32 master
     inside the optimizer, so this cannot reach them: under DeepSpeed EDM2 trains with traditional weight
@@ -126,6 +127,7 @@ def force_weight_norm_(module: nn.Module) -> int:
     for m in module.modules():
         if not isinstance(m, MPConv):
             continue
+        m.force_wn = False  # the caller owns forced normalisation from now on: no second pass in the forward
         w = m.weight
         if hasattr(w, "placements"):  # a DTensor (FSDP2)
             if not all(p.is_replicate() or (p.is_shard() and p.dim == 0) for p in w.placements):
