@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Convert an image dataset into MDS shards for training (data.train.path).
 
-  tools/convert_dataset.py --source tiny-imagenet --input tiny-imagenet-200 --output data/tiny64/train
+  tools/convert_dataset.py --source tiny-imagenet --input tiny-imagenet-200 --output data/tiny64 --split all
   tools/convert_dataset.py --source tiny-imagenet --input tiny-imagenet-200 --output data/tiny64/val --split val
   tools/convert_dataset.py --source imagefolder --input imagenet/train --output data/in64 --resolution 64 --workers 8
   tools/convert_dataset.py --source cifar10 --input cifar-10-batches-py --output data/cifar10
@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", required=True, type=Path, help="folder for index.json, shards and diffscale.json")
     p.add_argument("--resolution", type=int, help="square side in pixels (centre crop as ADM); "
                    "default: the source's own (tiny-imagenet 64, cifar10 32, npz as stored); imagefolder needs it")
-    p.add_argument("--split", choices=("train", "val"), default="train", help="tiny-imagenet and cifar10")
+    p.add_argument("--split", choices=("train", "val", "all"), default="train",
+                   help="tiny-imagenet and cifar10; 'all' writes OUTPUT/train and OUTPUT/val")
     p.add_argument("--workers", type=int, default=1, help="decoding processes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing MDS dataset at --output")
     p.add_argument("--allow-unreadable", action="store_true", help="exit 0 even if some images were unreadable")
@@ -41,23 +42,29 @@ def main(argv: list[str] | None = None) -> int:
     from diffscale.data.converters import ConversionError, convert
     from diffscale.errors import ConfigError
 
-    t0 = time.perf_counter()
-    try:
-        report = convert(args.source, args.input, args.output, args.resolution, args.workers, args.split,
-                         args.overwrite)
-    except (ConversionError, ConfigError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if args.split == "all" and args.source not in ("tiny-imagenet", "cifar10"):
+        print(f"error: --split all: only tiny-imagenet and cifar10 have splits, not {args.source}", file=sys.stderr)
         return 2
-    meta = report.meta
-    print(f"wrote {meta['num_samples']} samples {tuple(meta['shape'])} {meta['dtype']}, "
-          f"{len(meta['class_names'])} classes, to {report.out_dir} in {time.perf_counter() - t0:.1f} s; "
-          f"read back and checked (count, label histogram)")
-    if report.unreadable:
-        print(f"{len(report.unreadable)} unreadable images skipped:", file=sys.stderr)
-        for path, reason in report.unreadable:
-            print(f"  {path}: {reason}", file=sys.stderr)
-        return 0 if args.allow_unreadable else 1
-    return 0
+    splits = ("train", "val") if args.split == "all" else (args.split,)
+    status = 0
+    for split in splits:
+        out_dir = args.output / split if args.split == "all" else args.output
+        t0 = time.perf_counter()
+        try:
+            report = convert(args.source, args.input, out_dir, args.resolution, args.workers, split, args.overwrite)
+        except (ConversionError, ConfigError, FileExistsError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        meta = report.meta
+        print(f"wrote {meta['num_samples']} samples {tuple(meta['shape'])} {meta['dtype']}, "
+              f"{len(meta['class_names'])} classes, to {report.out_dir} in {time.perf_counter() - t0:.1f} s; "
+              f"read back and checked (count, label histogram)")
+        if report.unreadable:
+            print(f"{len(report.unreadable)} unreadable images skipped:", file=sys.stderr)
+            for path, reason in report.unreadable:
+                print(f"  {path}: {reason}", file=sys.stderr)
+            status = status or (0 if args.allow_unreadable else 1)
+    return status
 
 
 if __name__ == "__main__":

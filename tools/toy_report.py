@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """tools/toy_report.py [--methods baseline random ajest early_ajest] [--seeds 0 1 2] [--batch 1024]
-[--iters 2048] [--guidance 3] [--out work_dirs/toy_report]
+[--iters 1024] [--guidance 3] [--out work_dirs/toy_report]
 
 The curation experiment of the AJEST work on the 2D tree toy, end to end: for each seed it trains the
 reference (configs/toy/tree2d_ref.py: half the width, 1/8 of the iterations), then each method's learner
@@ -11,8 +11,8 @@ against training wall time) and samples.png (guided samples of the EMA of each m
 
 Every run is `tools/train.py` on a resolved config written to OUT/configs/, in OUT/<method>_seed<k>/.
 Finished runs are kept, so an interrupted report picks up where it stopped.
-The defaults (batch 1024, 2048 steps) shrink the published toy (batch 4096, 4096 steps) so that the whole
-report runs in about 15 minutes on 2 CPU cores; `--methods ajest --seeds 0` is the 3-minute main job.
+The defaults (batch 1024, 1024 steps) shrink the published toy (batch 4096, 4096 steps) so that the whole
+report runs in about 15 minutes on 2 CPU cores; `--methods ajest --seeds 0` is the README's main job.
 """
 
 import argparse
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--batch", type=int, default=1024, help="kept batch per step (the super-batch is 5x)")
-    p.add_argument("--iters", type=int, default=2048, help="learner steps; the reference trains iters / 8")
+    p.add_argument("--iters", type=int, default=1024, help="learner steps; the reference trains iters / 8")
     p.add_argument("--guidance", type=float, default=3.0, help="autoguidance weight of the guided metrics")
     p.add_argument("--num-samples", type=int, default=4096, help="samples for the plots and sample metrics")
     p.add_argument("--out", default="work_dirs/toy_report")

@@ -38,21 +38,29 @@ def nimg_to_reach(curve: list[dict], target: float) -> float:
     return next((p["nimg"] for p in curve if p["loss"] <= target), math.inf)
 
 
+def mean_curve(seeds: list[dict]) -> list[dict]:
+    """The validation curve averaged over seeds, point by point (every run evaluates at the same steps)."""
+    n = min(len(r["curve"]) for r in seeds)
+    return [{"nimg": seeds[0]["curve"][i]["nimg"], "loss": statistics.fmean(r["curve"][i]["loss"] for r in seeds)}
+            for i in range(n)]
+
+
 def summarize(runs: dict[str, list[dict]], ema: str, guided: str | None, baseline: str = "baseline") -> list[dict]:
     """One row per method: final validation loss, training seconds, images needed to reach the baseline's
-    final validation loss (relative to the baseline's own), and the toy metrics of the average `ema`,
-    unguided and `guided` (e.g. 'pf_0.050_guided_w3'), mean ± std over seeds."""
-    target = None
+    final validation loss (on the seed-averaged curves, relative to the baseline's own), and the toy metrics of
+    the average `ema`, unguided and `guided` (e.g. 'pf_0.050_guided_w3'), mean ± std over seeds."""
+    target = base_nimg = None
     if baseline in runs:
-        target = statistics.fmean(r["curve"][-1]["loss"] for r in runs[baseline])
-    base_nimg = None if target is None else statistics.fmean(nimg_to_reach(r["curve"], target) for r in runs[baseline])
+        base_curve = mean_curve(runs[baseline])
+        target = base_curve[-1]["loss"]
+        base_nimg = nimg_to_reach(base_curve, target)
     rows = []
     for method, seeds in runs.items():
         row = {"method": method, "seeds": len(seeds),
                "val_loss": _fmt([r["curve"][-1]["loss"] for r in seeds]),
                "train_s": _fmt([r["curve"][-1]["train_seconds"] for r in seeds], 1)}
         if target is not None:
-            reach = statistics.fmean(nimg_to_reach(r["curve"], target) for r in seeds)
+            reach = nimg_to_reach(mean_curve(seeds), target)
             row["nimg_to_baseline_loss"] = "never" if math.isinf(reach) else f"{reach / base_nimg:.2f}x"
         for variant, tag in ((ema, ""), (guided, " guided")):
             if variant is None or variant not in seeds[0]["metrics"]:

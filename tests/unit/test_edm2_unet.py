@@ -21,13 +21,7 @@ SMALL = dict(img_channels=3, img_resolution=16, channels=16, channel_mult=(1, 2)
              attn_resolutions=(8,), channels_per_head=16, label_dim=10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one intra-op thread is faster than two fighting over a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def count(model: nn.Module) -> int:

@@ -9,14 +9,7 @@ from diffscale.evaluation.flops import forward_flops, gflops_per_sample
 from diffscale.models.edm2_unet import EDM2UNet
 from diffscale.models.layers.mp import MPConv
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tracing is single-threaded work; a busy 2-core machine is faster with one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class ConvLinearAttention(nn.Module):

@@ -15,3 +15,24 @@ def time_steps(step_fn, steps: int) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / steps if steps else 0.0
+
+
+def trainer_step(cfg) -> tuple:
+    """A single-process Trainer built from `cfg`, its hooks started, and a function running one of its steps with
+    the hooks' after_step (the progress bar off: the logger still logs)."""
+    from tqdm import tqdm
+
+    from diffscale.engine.trainer import Trainer
+    from diffscale.utils.dist import init_distributed
+
+    trainer = Trainer(cfg, init_distributed("none"))
+    for hook in trainer.hooks:
+        hook.before_run(trainer)
+    trainer.hooks[0].bar = tqdm(disable=True)
+
+    def step() -> None:
+        metrics = trainer._train_step()
+        for hook in trainer.hooks:
+            hook.after_step(metrics)
+
+    return trainer, step

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.benchmarks.common import time_steps
+from tools.benchmarks.common import time_steps, trainer_step
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "configs/ajest/edm2_xs_tiny_baseline.py"
@@ -70,11 +70,8 @@ def synthetic_mds(root: Path, num_images: int, num_classes: int = 200) -> Path:
 def edm2_trainer(args: argparse.Namespace, data: Path, work_dir: Path):
     """(Trainer, step()) for the baseline config at the benchmark's preset and batch; step() is one optimizer
     step and the hooks' after_step, as in Trainer.train."""
-    from tqdm import tqdm
 
     from diffscale.config import load_config
-    from diffscale.engine.trainer import Trainer
-    from diffscale.utils.dist import init_distributed
 
     batch, preset = args.edm2_batch, args.edm2_preset
     options = [f"model.net.preset={preset}", f"train_cfg.batch_size={batch}", f"train_cfg.batch_gpu={batch}",
@@ -83,17 +80,7 @@ def edm2_trainer(args: argparse.Namespace, data: Path, work_dir: Path):
     if preset in LR_REF:
         options.append(f"optimizer.lr={LR_REF[preset]}")
     cfg = load_config(str(ROOT / CONFIG), options, str(work_dir))
-    trainer = Trainer(cfg, init_distributed("none"))
-    for hook in trainer.hooks:
-        hook.before_run(trainer)
-    trainer.hooks[0].bar = tqdm(disable=True)  # the logger still logs; only the bar stays quiet
-
-    def step() -> None:
-        metrics = trainer._train_step()
-        for hook in trainer.hooks:
-            hook.after_step(metrics)
-
-    return trainer, step
+    return trainer_step(cfg)
 
 
 def bare_step(trainer) -> Callable[[], None]:

@@ -5,9 +5,8 @@ import statistics
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from tools.benchmarks.common import time_steps
+from tools.benchmarks.common import time_steps, trainer_step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,25 +15,13 @@ def _toy_trainer(config: str, args: argparse.Namespace, edit=None):
     import tempfile
 
     from diffscale.config import load_config
-    from diffscale.engine.trainer import Trainer
-    from diffscale.utils.dist import init_distributed
 
     options = [f"train_cfg.batch_size={args.batch}", f"train_cfg.batch_gpu={args.batch}",
                "train_cfg.max_iters=1000000", "checkpoint.interval=1000000", "train_cfg.log_interval=50"]
     cfg = load_config(str(ROOT / config), options, tempfile.mkdtemp(prefix="diffscale-bench-"))
     if edit is not None:
         edit(cfg)
-    trainer = Trainer(cfg, init_distributed("none"))
-    for hook in trainer.hooks:
-        hook.before_run(trainer)
-    trainer.hooks[0].bar = tqdm(disable=True)  # the logger still logs; only the bar stays quiet
-
-    def step() -> None:
-        metrics = trainer._train_step()
-        for hook in trainer.hooks:
-            hook.after_step(metrics)
-
-    return trainer, step
+    return trainer_step(cfg)
 
 
 def bench_trainer(args: argparse.Namespace) -> dict:
@@ -106,9 +93,13 @@ def bench_ajest(args: argparse.Namespace) -> dict:
                 base.objective.per_example(model, x, labels, sigma, noise)
         return run
 
-    timings = {"base": [], "ajest": [], "fwd_learner": [], "fwd_ref": []}
+    # The selection alone, on losses of the super-batch's size, as the hook calls it.
+    learner_loss, ref_loss = torch.rand(B, generator=torch.Generator().manual_seed(1)), torch.rand(B)
+    select = lambda: curation.selector(learner_loss, ref_loss, args.batch, base.generator)  # noqa: E731
+
+    timings = {"base": [], "ajest": [], "fwd_learner": [], "fwd_ref": [], "select": []}
     fns = {"base": base_step, "ajest": ajest_step, "fwd_learner": fwd(base.strategy.model),
-           "fwd_ref": fwd(curation.ref)}
+           "fwd_ref": fwd(curation.ref), "select": select}
     for fn in fns.values():
         time_steps(fn, args.warmup)
     for _ in range(args.rounds):
@@ -118,7 +109,9 @@ def bench_ajest(args: argparse.Namespace) -> dict:
     ideal = 1 + (t["fwd_learner"] + t["fwd_ref"]) / t["base"]
     return {"batch": args.batch, "superbatch": B, "base_ms": 1e3 * t["base"], "ajest_ms": 1e3 * t["ajest"],
             "fwd_learner_B_ms": 1e3 * t["fwd_learner"], "fwd_ref_B_ms": 1e3 * t["fwd_ref"],
-            "ratio": t["ajest"] / t["base"], "ideal_ratio": ideal, "overhead_vs_ideal": t["ajest"] / t["base"] / ideal}
+            "ratio": t["ajest"] / t["base"], "ideal_ratio": ideal, "overhead_vs_ideal": t["ajest"] / t["base"] / ideal,
+            "selection_ms": 1e3 * t["select"], "selection_share": t["select"] / t["ajest"],
+            "target_selection_share": 0.02}
 
 
 def bench_jest(args: argparse.Namespace) -> dict:
