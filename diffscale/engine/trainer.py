@@ -75,6 +75,11 @@ class Trainer:
         # (plain, DDP, FSDP2 shards). DeepSpeed keeps them inside its optimizer, out of reach (models/layers/mp.py).
         self.force_weight_norm = (getattr(self.strategy.module, "force_weight_norm_", None)
                                   if self.strategy.name != "deepspeed" else None)
+        if self.force_weight_norm is not None:
+            # Take over from the model's in-forward pass before any forward, so that a resumed run normalises
+            # exactly as often as an uninterrupted one (the normalisation is not idempotent: eps).
+            with torch.no_grad():
+                self.force_weight_norm()
         # Noise (sigma, n) comes from a per-rank generator whose state is checkpointed.
         self.generator = torch.Generator(dist_info.device).manual_seed(tc.seed * 1000 + dist_info.rank)
         # The checkpoint hook runs last, so a checkpoint holds every hook's update of that step.
