@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", help="a config whose `evaluators` list to use")
     p.add_argument("--evaluators", nargs="+", help="registered evaluator names (default: all in --config)")
     p.add_argument("--batch", type=int, default=64, help="images per device per step")
-    p.add_argument("--image-key", default="image", help="MDS column of the images")
+    p.add_argument("--image-key", default="x", help="MDS column of the images (tools/convert_dataset.py writes x)")
     p.add_argument("--label-key", default="label", help="MDS column of the labels")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     return p.parse_args(argv)

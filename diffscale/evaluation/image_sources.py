@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffscale.data.streaming import IMAGE_KEY, LABEL_KEY  # the columns tools/convert_dataset.py writes
 from diffscale.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -125,7 +126,7 @@ class NpzSource(ImageSource):
 
 
 class MDSSource(ImageSource):
-    def __init__(self, root: Path, image_key: str = "image", label_key: str = "label"):
+    def __init__(self, root: Path, image_key: str = IMAGE_KEY, label_key: str = LABEL_KEY):
         try:
             from streaming import StreamingDataset
         except ImportError:
@@ -158,7 +159,7 @@ class MDSSource(ImageSource):
         return to_chw(images), labels
 
 
-def open_source(path: str | Path, image_key: str = "image", label_key: str = "label") -> ImageSource:
+def open_source(path: str | Path, image_key: str = IMAGE_KEY, label_key: str = LABEL_KEY) -> ImageSource:
     """The image source at `path`: MDS shards (a folder with index.json), a folder of images, or an .npz."""
     path = Path(path)
     if path.is_dir() and (path / "index.json").is_file():

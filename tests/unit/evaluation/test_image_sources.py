@@ -76,10 +76,19 @@ def test_mds_shards(data, tmp_path):
     with MDSWriter(out=str(tmp_path / "mds"), columns={"image": "png", "label": "int"}, size_limit=200) as writer:
         for image, label in zip(images, labels, strict=True):
             writer.write({"image": Image.fromarray(image), "label": int(label)})
-    source = open_source(tmp_path / "mds")
+    source = open_source(tmp_path / "mds", image_key="image")  # a dataset written by other tools: PNG column
     assert len(source) == N and source.has_labels
     x, y = read_all(source, batch=4, world=2)
     assert torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2)) and y.tolist() == labels.tolist()
+
+
+def test_mds_shards_of_the_converter_by_default(tmp_path):
+    """The shards tools/convert_dataset.py writes (raw uint8 arrays under 'x') are read with the default keys."""
+    from tests.data_helpers import make_mds
+
+    path, x, labels = make_mds(tmp_path / "train", num_samples=6, shape=(3, 8, 8))
+    got, y = read_all(open_source(path), batch=4, world=1)
+    assert torch.equal(got, torch.from_numpy(x)) and y.tolist() == labels.tolist()
 
 
 def test_unknown_source_is_a_config_error(tmp_path):
