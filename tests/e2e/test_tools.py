@@ -21,11 +21,11 @@ def test_dist_train_script_two_processes(tmp_path):
     assert last_checkpoint(tmp_path).name == "iter_0000010"
 
 
-def test_toy_main_job_writes_plot_checkpoints_and_config(tmp_path):
-    """The Quick start job, shortened: the same config, fewer steps."""
+def test_train_tool_writes_plot_checkpoints_and_config(tmp_path):
+    """tools/train.py on the toy baseline config, shortened: checkpoints, sample plots, metrics, export."""
     run([sys.executable, str(ROOT / "tools/train.py"), str(ROOT / "configs/toy/tree2d_baseline.py"),
          "--work-dir", str(tmp_path), "--cfg-options", "train_cfg.max_iters=40", "checkpoint.interval=20",
-         "hooks.1.num_samples=512"])
+         "hooks.2.num_samples=512"])
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["iter_0000020", "iter_0000040"]
     for name in ("raw", "pf_0.050"):

@@ -19,7 +19,7 @@ def run_main(capsys, *argv: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize(("options", "expected"), [
     (["model.net.type=ToyMLPP"], "model.net.type: 'ToyMLPP' is not in the model registry; closest: ToyMLP"),
-    (["model.type=EDMPrecnd"], "model.type: 'EDMPrecnd' is not in the model registry; closest: EDMPrecond"),
+    (["model.type=EDMPrecnd"], "model.type: 'EDMPrecnd' is not in the model registry; closest: EDMPrecond, EDM2Precond, EDM2UNet"),
     (["train_cfg.max_iters='ten'"], "train_cfg.max_iters: expected int, got str 'ten'"),
     (["train_cfg.max_iters=True"], "train_cfg.max_iters: expected int, got bool True"),
     (["train_cfg.precision=fp8"], "train_cfg.precision: expected one of ('fp32', 'bf16', 'fp16'), got 'fp8'"),
@@ -31,7 +31,7 @@ def run_main(capsys, *argv: str) -> tuple[int, str]:
     (["train_cfg.batch_size=100"], "train_cfg.batch_size: 100 is not a multiple of train_cfg.batch_gpu * "
                                    "world_size = 32 * 1 = 32 (batch_size == batch_gpu * accum * world_size)"),
     (["model.net.hidden_dim"], "--cfg-options 'model.net.hidden_dim': expected KEY=VALUE"),
-    (["hooks=[{'type':'EMAHok'}]"], "hooks.0.type: 'EMAHok' is not in the hook registry; closest: EMAHook"),
+    (["hooks=[{'type':'EMAHok'}]"], "hooks.0.type: 'EMAHok' is not in the hook registry; closest: EMAHook, EvalHook"),
 ])
 def test_bad_option_is_one_line_exit_2(capsys, tmp_path, options, expected):
     code, err = run_main(capsys, SMALL, "--work-dir", str(tmp_path), "--cfg-options", *options)
