@@ -34,6 +34,17 @@ class FourierEmbedding(nn.Module):
         return torch.cos(2 * math.pi * y) * math.sqrt(2)  # sqrt(2): unit second moment
 
 
+def preconditioning(sigma: torch.Tensor, sigma_data: float, ndim: int) -> tuple[torch.Tensor, ...]:
+    """EDM Table 1: c_skip, c_out, c_in [B, 1, ...] (broadcastable over an input of `ndim` dims) and c_noise [B]
+    for noise levels sigma [B], in float32."""
+    sigma = sigma.float().reshape(-1, *([1] * (ndim - 1)))
+    sd = sigma_data
+    c_skip = sd**2 / (sigma**2 + sd**2)
+    c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+    c_in = 1 / (sd**2 + sigma**2).sqrt()
+    return c_skip, c_out, c_in, sigma.flatten().log() / 4
+
+
 @MODELS.register_module()
 class EDMPrecond(nn.Module):
     """Wraps a denoiser body `net` (a config dict or module) with EDM preconditioning.
@@ -66,12 +77,7 @@ class EDMPrecond(nn.Module):
         class_labels: torch.Tensor | None = None,
         return_logvar: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        sigma = sigma.to(torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sd**2 + sigma**2).sqrt()
-        c_noise = sigma.flatten().log() / 4
+        c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.sigma_data, x.ndim)
         labels = self.one_hot(class_labels, x.shape[0], x.device)
         F_x = self.net(c_in * x, c_noise, labels)
         D_x = c_skip * x + c_out * F_x.to(torch.float32)
@@ -116,12 +122,7 @@ class EDM2Precond(nn.Module):
         if self.training and not self._sharded:  # no in-forward forced normalisation on FSDP2 / ZeRO-3 shards
             self._sharded = disable_forward_wn_if_sharded_(self)
         x = x.float()
-        sigma = sigma.float().reshape(-1, *([1] * (x.ndim - 1)))
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sd**2 + sigma**2).sqrt()
-        c_noise = sigma.flatten().log() / 4
+        c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.sigma_data, x.ndim)
         labels = None
         if self.label_dim and class_labels is not None:
             labels = (nn.functional.one_hot(class_labels.long(), self.label_dim) if class_labels.ndim == 1
