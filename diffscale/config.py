@@ -14,18 +14,31 @@ from mmengine.config import Config
 from diffscale import registry as R
 from diffscale.errors import ConfigError, closest
 
-STRATEGY_TYPES = ("ddp", "fsdp", "deepspeed")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
-# (dotted key, expected Python kind(s), required). Everything users and scripts rely on (DESIGN.md §3).
+# train_cfg keys with defaults: the one place they are set (filled in by `validate`).
+TRAIN_DEFAULTS = dict(
+    grad_clip=None,  # max global gradient L2 norm of each part (a part's own grad_clip wins); None: no clipping
+    max_nonfinite_steps=10,  # abort after this many skipped non-finite steps in a row
+    log_interval=10,  # steps between log lines / TensorBoard points
+)
+# The keys of one entry of `parts` (docs/architecture.md, "Parts"), and their kinds.
+PART_SCHEMA: dict[str, tuple[type, ...]] = {
+    "model": (dict,),  # a MODELS config
+    "optimizer": (dict, type(None)),  # an OPTIMIZERS config, optionally with param_groups; None/absent: frozen
+    "lr_schedule": (dict,),  # an LR_SCHEDULES config (default ConstantLR)
+    "grad_clip": (int, float, type(None)),  # default train_cfg.grad_clip
+    "trainable": (bool, list, tuple),  # True, or parameter-name patterns (fnmatch) to train; the rest is frozen
+    "init": (dict, type(None)),  # dict(checkpoint=<checkpoint | work_dir | export>, ema=<average> | None, part=...)
+}
+SHORTHAND = ("model", "optimizer", "lr_schedule")  # the one-part form: a part named 'model'
+
+# (dotted key, expected Python kind(s), required). Everything users and scripts rely on (docs/architecture.md).
 SCHEMA: list[tuple[str, tuple[type, ...], bool]] = [
     ("work_dir", (str,), True),
-    ("model", (dict,), True),
     ("objective", (dict,), True),
     ("data", (dict,), True),
     ("data.train", (dict,), True),
-    ("optimizer", (dict,), True),
-    ("lr_schedule", (dict,), True),
     ("strategy", (dict,), True),
     ("strategy.type", (str,), True),
     ("strategy.zero_stage", (int,), False),
@@ -35,9 +48,9 @@ SCHEMA: list[tuple[str, tuple[type, ...], bool]] = [
     ("train_cfg.batch_gpu", (int,), True),
     ("train_cfg.precision", (str,), True),
     ("train_cfg.seed", (int,), True),
-    ("train_cfg.grad_clip", (int, float, type(None)), False),
-    ("train_cfg.max_nonfinite_steps", (int,), False),
-    ("train_cfg.log_interval", (int,), False),
+    ("train_cfg.grad_clip", (int, float, type(None)), True),
+    ("train_cfg.max_nonfinite_steps", (int,), True),
+    ("train_cfg.log_interval", (int,), True),
     ("checkpoint", (dict,), True),
     ("checkpoint.interval", (int,), True),
     ("checkpoint.keep", (int,), True),
@@ -47,13 +60,11 @@ SCHEMA: list[tuple[str, tuple[type, ...], bool]] = [
 
 # Where each top-level component's `type` is looked up.
 COMPONENT_REGISTRIES = {
-    "model": R.MODELS,
     "objective": R.OBJECTIVES,
     "data.train": R.DATASETS,
-    "optimizer": R.OPTIMIZERS,
-    "lr_schedule": R.LR_SCHEDULES,
     "sampler": R.SAMPLERS,
 }
+PART_REGISTRIES = {"model": R.MODELS, "optimizer": R.OPTIMIZERS, "lr_schedule": R.LR_SCHEDULES}
 
 
 def _is_mapping(node: Any) -> bool:
@@ -107,8 +118,68 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
 
 
+def _kind_error(key: str, value: Any, kinds: tuple[type, ...]) -> ConfigError | None:
+    # bool is an int subclass; a flag where a count is expected is a mistake.
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        return ConfigError(f"{key}: expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}")
+    return None
+
+
+def part_specs(cfg: Config) -> dict[str, dict]:
+    """{part name: its spec with every key of PART_SCHEMA} of a validated config: `parts`, or the one-part
+    shorthand (top-level model / optimizer / lr_schedule) as a part named 'model'."""
+    given = {k: dict(v) for k, v in cfg.parts.items()} if "parts" in cfg else {
+        "model": {k: cfg[k] for k in SHORTHAND}}
+    specs = {}
+    for name, spec in given.items():
+        trainable = spec.get("optimizer") is not None
+        specs[name] = {"optimizer": None, "lr_schedule": dict(type="ConstantLR"),
+                       "grad_clip": cfg.train_cfg.get("grad_clip"), "trainable": trainable, "init": None, **spec}
+    return specs
+
+
+def _validate_parts(cfg: Config) -> None:
+    if "parts" in cfg:
+        # A config derived from a one-part one switches to parts by setting model = optimizer = lr_schedule = None.
+        both = [k for k in SHORTHAND if cfg.get(k) is not None]
+        if both:
+            raise ConfigError(f"parts: a config gives either parts or the one-part shorthand (model, optimizer, "
+                              f"lr_schedule), not both; remove {', '.join(both)} (or set them to None)")
+        if not isinstance(cfg.parts, dict) or not cfg.parts:
+            raise ConfigError(f"parts: expected a non-empty dict of name=dict(model=..., optimizer=...), "
+                              f"got {cfg.parts!r}")
+    else:
+        for key in SHORTHAND:
+            if key not in cfg:
+                raise ConfigError(f"{key}: missing required key (expected dict), or give `parts`")
+    for name, spec in part_specs(cfg).items():
+        key = f"parts.{name}" if "parts" in cfg else None
+        for field, value in spec.items():
+            where = f"{key}.{field}" if key else field
+            if field not in PART_SCHEMA:
+                raise ConfigError(f"{where}: unknown key; expected one of {', '.join(PART_SCHEMA)} "
+                                  f"(closest: {closest(field, list(PART_SCHEMA)) or '(none)'})")
+            error = _kind_error(where, value, PART_SCHEMA[field])
+            if error:
+                raise error
+            if field in PART_REGISTRIES and value is not None:
+                _check_type(value, PART_REGISTRIES[field], where)
+        where = key or "optimizer"
+        if spec["optimizer"] is None and spec["trainable"] not in (False,):
+            raise ConfigError(f"{where}: trainable={spec['trainable']!r} needs an optimizer (a part without one "
+                              f"is frozen)")
+        if isinstance(spec["trainable"], (list, tuple)) and not all(isinstance(p, str) for p in spec["trainable"]):
+            raise ConfigError(f"{key or 'trainable'}.trainable: expected True or a list of parameter-name patterns")
+        if spec["init"] is not None and not isinstance(spec["init"].get("checkpoint"), str):
+            raise ConfigError(f"{key or 'init'}.init.checkpoint: expected a checkpoint, work_dir or .safetensors "
+                              f"path (str)")
+
+
 def validate(cfg: Config) -> None:
-    """Check required keys, kinds, enumerations and component types. Raises ConfigError."""
+    """Check required keys, kinds, enumerations and component types; fill train_cfg defaults. Raises ConfigError."""
+    if isinstance(cfg.get("train_cfg"), dict):
+        for key, value in TRAIN_DEFAULTS.items():
+            cfg.train_cfg.setdefault(key, value)
     for dotted, kinds, required in SCHEMA:
         try:
             value = _get(cfg, dotted)
@@ -116,11 +187,12 @@ def validate(cfg: Config) -> None:
             if required:
                 raise ConfigError(f"{dotted}: missing required key (expected {_kind_name(kinds)})") from None
             continue
-        # bool is an int subclass; a flag where a count is expected is a mistake.
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise ConfigError(f"{dotted}: expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}")
-    if cfg.strategy["type"] not in STRATEGY_TYPES:
-        raise ConfigError(f"strategy.type: expected one of {STRATEGY_TYPES}, got '{cfg.strategy['type']}'")
+        error = _kind_error(dotted, value, kinds)
+        if error:
+            raise error
+    strategy_types = tuple(R.names(R.STRATEGIES, sort=False))
+    if cfg.strategy["type"] not in strategy_types:
+        raise ConfigError(f"strategy.type: expected one of {strategy_types}, got '{cfg.strategy['type']}'")
     if cfg.strategy["type"] == "deepspeed" and cfg.strategy.get("zero_stage", 2) not in (1, 2, 3):
         raise ConfigError(f"strategy.zero_stage: expected 1, 2 or 3, got {cfg.strategy['zero_stage']}")
     if cfg.train_cfg["precision"] not in PRECISIONS:
@@ -134,6 +206,7 @@ def validate(cfg: Config) -> None:
         except KeyError:
             continue
         _check_type(component, registry, key)
+    _validate_parts(cfg)
     for i, hook in enumerate(cfg.hooks):
         _check_type(hook, R.HOOKS, f"hooks.{i}")
     for i, evaluator in enumerate(cfg.evaluators):
@@ -146,21 +219,24 @@ def _check_type(component: Any, registry: Any, key: str) -> None:
     R.lookup(registry, component["type"], key)
 
 
-def batch_arithmetic(batch_size: int, batch_gpu: int, world_size: int) -> int:
-    """Gradient-accumulation rounds so that batch_size == batch_gpu * accum * world_size."""
+def batch_arithmetic(batch_size: int, batch_gpu: int, world_size: int) -> tuple[int, int]:
+    """(batch_gpu, accum) with batch_size == batch_gpu * accum * world_size, as EDM2 treats it: `batch_gpu` is the
+    largest per-device micro-batch, so on more devices than batch_size / batch_gpu it becomes
+    batch_size / world_size (the same config runs on 1 or 8 GPUs)."""
+    if batch_size % world_size != 0:
+        raise ConfigError(f"train_cfg.batch_size: {batch_size} is not divisible by the world size {world_size}")
+    batch_gpu = min(batch_gpu, batch_size // world_size)
     per_round = batch_gpu * world_size
     if batch_size % per_round != 0:
         raise ConfigError(
             f"train_cfg.batch_size: {batch_size} is not a multiple of train_cfg.batch_gpu * world_size = "
             f"{batch_gpu} * {world_size} = {per_round} (batch_size == batch_gpu * accum * world_size)"
         )
-    return batch_size // per_round
+    return batch_gpu, batch_size // per_round
 
 
 def load_config(path: str, options: list[str] | None = None, work_dir: str | None = None) -> Config:
     """Read, override, default `work_dir` to work_dirs/<config name>, and validate."""
-    import diffscale.components  # noqa: F401  (fills the registries before types are checked)
-
     if not Path(path).is_file():
         raise ConfigError(f"config: no such file '{path}'")
     try:

@@ -2,6 +2,10 @@
 
 mmengine provides the Registry (its Runner is not used: see README, Architecture). A config names a
 component either by its registered name (`type='ToyMLP'`) or by the class itself (`type=ToyMLP`).
+
+This module is a leaf: it imports no component. Each registry names the packages that fill it (`locations`),
+imported on the first lookup; `import diffscale.models` (or `.diffusion`, `.sampling`, ...) registers that
+package's components, as a library user expects.
 """
 
 import inspect
@@ -11,16 +15,24 @@ from mmengine.registry import Registry
 
 from diffscale.errors import ConfigError, closest
 
-MODELS = Registry("model")
-OBJECTIVES = Registry("objective")
-SAMPLERS = Registry("sampler")
-SELECTORS = Registry("selector")
-HOOKS = Registry("hook")
-EVALUATORS = Registry("evaluator")
-DATASETS = Registry("dataset")
-STRATEGIES = Registry("strategy")
-OPTIMIZERS = Registry("optimizer")
-LR_SCHEDULES = Registry("lr_schedule")
+# Preconditioned networks (EDMPrecond, EDM2Precond) live with their objectives in diffscale.diffusion.
+MODELS = Registry("model", locations=["diffscale.models", "diffscale.diffusion"])
+OBJECTIVES = Registry("objective", locations=["diffscale.diffusion"])
+SAMPLERS = Registry("sampler", locations=["diffscale.sampling"])
+SELECTORS = Registry("selector", locations=["diffscale.selection"])
+HOOKS = Registry("hook", locations=["diffscale.engine.hooks"])
+EVALUATORS = Registry("evaluator", locations=["diffscale.evaluation"])
+DATASETS = Registry("dataset", locations=["diffscale.data"])
+STRATEGIES = Registry("strategy", locations=["diffscale.engine.strategies"])
+OPTIMIZERS = Registry("optimizer", locations=["diffscale.engine.lr_schedules"])
+LR_SCHEDULES = Registry("lr_schedule", locations=["diffscale.engine.lr_schedules"])
+ALL = (MODELS, OBJECTIVES, SAMPLERS, SELECTORS, HOOKS, EVALUATORS, DATASETS, STRATEGIES, OPTIMIZERS, LR_SCHEDULES)
+
+
+def names(registry: Registry, sort: bool = True) -> list[str]:
+    """Every name registered in `registry` (its packages imported first), sorted or in registration order."""
+    registry.import_from_location()
+    return sorted(registry.module_dict) if sort else list(registry.module_dict)
 
 
 def lookup(registry: Registry, type_: Any, key: str) -> type:
@@ -29,11 +41,11 @@ def lookup(registry: Registry, type_: Any, key: str) -> type:
         return type_
     if not isinstance(type_, str):
         raise ConfigError(f"{key}.type: expected a registered name or a class, got {type(type_).__name__}")
-    obj = registry.get(type_)
+    obj = registry.get(type_)  # imports the registry's packages on first use
     if obj is None:
         raise ConfigError(
             f"{key}.type: '{type_}' is not in the {registry.name} registry; closest: "
-            f"{closest(type_, registry.module_dict)}"
+            f"{closest(type_, names(registry))}"
         )
     return obj
 

@@ -1,11 +1,13 @@
-"""Hooks used only by tests, loaded through a config's `custom_imports = dict(imports=['tests.hooks_for_tests'])`."""
+"""Hooks and an objective used only by tests, loaded through a config's
+`custom_imports = dict(imports=['tests.hooks_for_tests'])`."""
 
 import time
 
 import torch
 
+from diffscale.diffusion.base import LossOutput, Objective
 from diffscale.engine.hooks.base import Hook
-from diffscale.registry import HOOKS
+from diffscale.registry import HOOKS, OBJECTIVES
 
 
 @HOOKS.register_module()
@@ -31,3 +33,26 @@ class NaNInjectHook(Hook):
         if step in self.steps or (self.from_step is not None and step >= self.from_step):
             batch = dict(batch, x=torch.full_like(batch["x"], float("nan")))
         return batch
+
+
+@OBJECTIVES.register_module()
+class TimeNoiseLoss(Objective):
+    """A second single-model objective for tests of the protocol: a condition of other keys than EDM's (t in
+    (0, 1) and noise; sigma = sigma_max * t), a plain x0-prediction error, and a log of whether the batch arrived
+    with its condition already drawn (a curated batch does), so a test can see curation hand it over."""
+
+    def __init__(self, sigma_max: float = 5.0):
+        self.sigma_max = sigma_max
+
+    def sample_condition(self, x: torch.Tensor, generator: torch.Generator) -> dict:
+        t = torch.rand(x.shape[0], device=x.device, generator=generator).clamp(min=1e-3)
+        return {"t": t, "noise": torch.randn(x.shape, device=x.device, generator=generator)}
+
+    def per_example(self, model, batch: dict, cond: dict) -> torch.Tensor:
+        x, sigma = batch["x"], self.sigma_max * cond["t"]
+        D = model(x + sigma.reshape(-1, *([1] * (x.ndim - 1))) * cond["noise"], sigma, batch.get("label"))
+        return (D.float() - x.float()).square().flatten(1).mean(1)
+
+    def __call__(self, phase, models, batch, generator) -> LossOutput:
+        out = super().__call__(phase, models, batch, generator)
+        return LossOutput(out.loss, {"from_curation": torch.tensor(float("cond" in batch), device=out.loss.device)})

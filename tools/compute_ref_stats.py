@@ -55,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import numpy as np
 
-    import diffscale.components  # noqa: F401  (fills the registries)
     from diffscale.errors import ConfigError
     from diffscale.evaluation.image_sources import open_source
     from diffscale.evaluation.pipeline import build_evaluators, check_inputs, feed, reference_stats

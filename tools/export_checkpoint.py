@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""tools/export_checkpoint.py CKPT OUT: write the consolidated model and EMA weights of a checkpoint of
-any strategy (ddp, fsdp, deepspeed) as one safetensors file. Keys: 'model.<param>' and
-'ema.<average>.<param>' (e.g. 'ema.pf_0.050.net.inp.weight'); the metadata holds step, nimg, strategy."""
+"""tools/export_checkpoint.py CKPT OUT [--part NAME]: write the consolidated weights and EMA averages of every
+part of a checkpoint of any strategy (ddp, fsdp, deepspeed) as one safetensors file. Keys: '<part>.<param>' and
+'ema.<part>.<average>.<param>' (e.g. 'ema.generator.pf_0.050.net.inp.weight'); a run whose only part is 'model'
+keeps 'model.<param>' and 'ema.<average>.<param>'. `--part` writes that part alone. The metadata holds step,
+nimg, strategy, parts and the average names."""
 
 import argparse
 import json
@@ -15,21 +17,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("checkpoint", help="a checkpoint directory (work_dir/checkpoints/iter_XXXXXXX)")
     p.add_argument("out", help="output .safetensors path")
+    p.add_argument("--part", help="export only this part (e.g. generator)")
     args = p.parse_args(argv)
     from safetensors.torch import save_file
 
     from diffscale.engine.export import flat_weights
 
     try:
-        tensors, meta = flat_weights(args.checkpoint)
+        tensors, meta = flat_weights(args.checkpoint, args.part)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, args.out,
               metadata={k: json.dumps(v) for k, v in meta.items()})
-    n_model = sum(k.startswith("model.") for k in tensors)
-    print(f"wrote {args.out}: {n_model} model tensors, averages {meta['averages']}, step {meta['step']}")
+    counts = ", ".join(f"{part} {sum(k.startswith(part + '.') for k in tensors)}" for part in meta["parts"])
+    print(f"wrote {args.out}: tensors per part: {counts}; averages {meta['averages']}, step {meta['step']}")
     return 0
 
 

@@ -34,9 +34,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def evaluate(args: argparse.Namespace, cfg, settings: dict, dist_info) -> dict:
     """Build everything that can fail on a bad file first, then sample (or read) and evaluate. Collective."""
-    from diffscale.engine.reference import load_frozen
     from diffscale.evaluation.image_sources import open_source
-    from diffscale.evaluation.pipeline import build_evaluators, build_guide, check_inputs, load_ref, run_evaluation
+    from diffscale.evaluation.pipeline import (
+        build_evaluators,
+        build_guide,
+        check_inputs,
+        load_ref,
+        load_sampling_nets,
+        run_evaluation,
+    )
     from diffscale.registry import SAMPLERS, build
     from diffscale.sampling.generate import generate, sample_shape
     from diffscale.sampling.guidance import guided
@@ -50,14 +56,14 @@ def evaluate(args: argparse.Namespace, cfg, settings: dict, dist_info) -> dict:
         batches = ((x.to(dist_info.device), None if y is None else y.to(dist_info.device))
                    for x, y in source.batches(settings["batch_gpu"], rank, world))
         return run_evaluation(evaluators, batches, ref)
-    net = load_frozen(cfg.model, args.checkpoint, settings["ema"], dist_info.device, "model")
+    net, decoder = load_sampling_nets(cfg, settings, args.checkpoint, dist_info.device)
     num_classes = int(getattr(net, "label_dim", 0))
     check_inputs(evaluators, images=settings["images"], has_labels=num_classes > 0)
     sampler = build(SAMPLERS, settings["sampler"], "test_cfg.sampler")
     guide = build_guide(settings["guide"], net, dist_info.device)
     batches = generate(net, sampler, settings["num"], settings["batch_gpu"], sample_shape(net, settings["shape"]),
                        guide=guide, num_classes=num_classes, seed=settings["seed"], rank=rank, world_size=world,
-                       device=dist_info.device, images=settings["images"])
+                       device=dist_info.device, images=settings["images"], decoder=decoder)
     return run_evaluation(evaluators, batches, ref, denoiser=guided(net, guide, getattr(sampler, "guidance", 1.0)))
 
 

@@ -16,7 +16,8 @@ import math
 import torch
 from torch import nn
 
-from diffscale.models.layers.mp import MPConv, MPFourier, disable_forward_wn_if_sharded_, force_weight_norm_
+from diffscale.diffusion.base import Cond, Objective
+from diffscale.models.layers.mp import MPConv, MPFourier, force_weight_norm_
 from diffscale.registry import MODELS, OBJECTIVES, build
 
 
@@ -105,11 +106,11 @@ class EDM2Precond(nn.Module):
         self.label_dim = getattr(self.net, "label_dim", 0)
         self.logvar_fourier = MPFourier(logvar_channels, seed=1)  # seed 1: not the network's noise embedding
         self.logvar_linear = MPConv(logvar_channels, 1)
-        self._sharded = False  # FSDP2 / ZeRO-3 found: in-forward forced normalisation is off for good
 
     def force_weight_norm_(self) -> int:
-        """Forced weight normalisation (EDM2 eq. 66) of every MP weight, network included, in place; the trainer
-        calls it after each optimizer step (exact for plain modules, DDP and FSDP2; see models/layers/mp.py)."""
+        """Forced weight normalisation (EDM2 eq. 66) of every MP weight, network included, in place. The trainer
+        hands it to the strategy as a post-step function of this part (`Strategy.post_step`): once before the
+        first forward, then after every optimizer step, on the weights the optimizer updates."""
         return force_weight_norm_(self)
 
     def forward(
@@ -119,8 +120,6 @@ class EDM2Precond(nn.Module):
         class_labels: torch.Tensor | None = None,
         return_logvar: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if self.training and not self._sharded:  # no in-forward forced normalisation on FSDP2 / ZeRO-3 shards
-            self._sharded = disable_forward_wn_if_sharded_(self)
         x = x.float()
         c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.sigma_data, x.ndim)
         labels = None
@@ -137,9 +136,8 @@ class EDM2Precond(nn.Module):
 
 
 @OBJECTIVES.register_module()
-class EDMLoss:
-    """Per-example EDM / EDM2 loss. `sample_noise` and `per_example` are separate so that two models
-    (learner and reference, for curation) can be scored on the same sigma and noise."""
+class EDMLoss(Objective):
+    """Per-example EDM / EDM2 loss of the one part `model`; the condition is (sigma [B], unit noise [B, ...])."""
 
     def __init__(
         self,
@@ -154,19 +152,18 @@ class EDMLoss:
         self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
         self.learned_logvar, self.reduction = learned_logvar, reduction
 
-    def sample_noise(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sigma[B], unit noise[B, ...]) drawn from `generator` on x's device."""
+    def sample_condition(self, x: torch.Tensor, generator: torch.Generator) -> Cond:
+        """sigma [B] with ln sigma ~ N(P_mean, P_std^2) and unit noise [B, ...], from `generator` on x's device."""
         rnd = torch.randn(x.shape[0], device=x.device, generator=generator)
         sigma = (rnd * self.P_std + self.P_mean).exp()
         noise = torch.randn(x.shape, device=x.device, generator=generator)
-        return sigma, noise
+        return {"sigma": sigma, "noise": noise}
 
-    def per_example(
-        self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, sigma: torch.Tensor, noise: torch.Tensor
-    ) -> torch.Tensor:
+    def per_example(self, model: nn.Module, batch: dict, cond: Cond) -> torch.Tensor:
         """Loss of each example [B] (float32)."""
+        x, sigma = batch["x"], cond["sigma"]
         s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        D_x, logvar = model(x + noise * s, sigma, labels, return_logvar=True)
+        D_x, logvar = model(x + cond["noise"] * s, sigma, batch.get("label"), return_logvar=True)
         weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
         err = (weight * (D_x.float() - x.float()) ** 2).flatten(1)
         err = err.mean(1) if self.reduction == "mean" else err.sum(1)
@@ -175,11 +172,6 @@ class EDMLoss:
         n = 1 if self.reduction == "mean" else x[0].numel()
         return err / logvar.float().exp() + n * logvar.float()
 
-    def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        """Per-example losses of `batch`; a batch that carries its own 'sigma' and 'noise' (the curation
-        hook scored it at those) is trained at exactly them."""
-        if "sigma" in batch:
-            sigma, noise = batch["sigma"], batch["noise"]
-        else:
-            sigma, noise = self.sample_noise(batch["x"], generator)
-        return self.per_example(model, batch["x"], batch.get("label"), sigma, noise)
+    def elements_per_score(self, x: torch.Tensor) -> int:
+        """How many elements one example's loss sums over (curation divides by it to score per element)."""
+        return x[0].numel() if self.reduction == "sum" else 1

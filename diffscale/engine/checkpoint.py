@@ -1,4 +1,4 @@
-"""Atomic checkpoint directories (DESIGN.md §3).
+"""Atomic checkpoint directories (docs/architecture.md, "Checkpoints").
 
 A save writes everything into `checkpoints/iter_XXXXXXX.tmp/`, then rank 0 writes a manifest (every
 file's size and CRC32), renames the directory to its final name and only then points

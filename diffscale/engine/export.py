@@ -1,4 +1,12 @@
-"""Consolidate any strategy's checkpoint into full tensors, offline (no process group needed)."""
+"""Consolidate any strategy's checkpoint into full tensors per part, offline (no process group needed).
+
+Layout of a checkpoint directory (written by the strategies, docs/architecture.md "Checkpoints"):
+`trainer.pt` names the strategy and the parts; ddp: `<part>.pt` per part; fsdp: one `dcp/` holding every part;
+deepspeed: `ds/<part>/` per trainable part, `<part>.pt` per frozen part, `mirrors.pt` (EMA) for all.
+
+Flat export keys (tools/export_checkpoint.py): `<part>.<param>` and `ema.<part>.<average>.<param>`; a run whose
+only part is `model` keeps the one-part names `model.<param>` and `ema.<average>.<param>`.
+"""
 
 import tempfile
 from pathlib import Path
@@ -7,46 +15,74 @@ import torch
 
 from diffscale.engine.checkpoint import load_file
 
-
-def strategy_of(ckpt: Path) -> str:
-    if (ckpt / "model.pt").is_file():
-        return "ddp"
-    if (ckpt / "dcp").is_dir():
-        return "fsdp"
-    if (ckpt / "ds").is_dir():
-        return "deepspeed"
-    raise FileNotFoundError(f"{ckpt}: not a diffscale checkpoint (expected model.pt, dcp/ or ds/ inside)")
+PartStates = dict[str, dict[str, torch.Tensor]]
 
 
-def consolidate(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]], dict]:
-    """(model state_dict, {average name: its parameters}, metadata) of checkpoint directory `ckpt`."""
+def ema_prefix(part: str, parts: list[str]) -> str:
+    """The export prefix of `part`'s averages: 'ema.' for a one-part run of part 'model', else 'ema.<part>.'."""
+    return "ema." if parts == ["model"] else f"ema.{part}."
+
+
+def _fp32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _averages(mirrors: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """{'<hook>/<average>': params} -> {average: params} (hook names are unique; average names per part too)."""
+    return {key.split("/", 1)[-1]: {n: t.float() for n, t in v.items()} for key, v in mirrors.items()}
+
+
+def consolidate(ckpt: str | Path) -> tuple[PartStates, dict[str, PartStates], dict]:
+    """({part: state_dict}, {part: {average: its parameters}}, metadata) of checkpoint directory `ckpt`."""
     ckpt = Path(ckpt)
-    kind = strategy_of(ckpt)
+    if not (ckpt / "trainer.pt").is_file():
+        raise FileNotFoundError(f"{ckpt}: not a diffscale checkpoint (expected model.pt, dcp/ or ds/ inside) with its "
+                                f"trainer.pt")
+    trainer = load_file(ckpt / "trainer.pt")
+    kind, parts = trainer["strategy_name"], trainer["parts"]
+    states, mirrors = {}, {}
     if kind == "ddp":
-        state = load_file(ckpt / "model.pt")
-        model, mirrors = state["model"], state.get("mirrors", {})
+        for name in parts:
+            state = load_file(ckpt / f"{name}.pt")
+            states[name], mirrors[name] = state["model"], state.get("mirrors", {})
     elif kind == "fsdp":
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
         with tempfile.TemporaryDirectory() as tmp:
             dcp_to_torch_save(ckpt / "dcp", Path(tmp) / "full.pt")
-            state = torch.load(Path(tmp) / "full.pt", weights_only=True)
-        model, mirrors = state["model"], state.get("mirrors", {})
-    else:
+            full = torch.load(Path(tmp) / "full.pt", weights_only=True)
+        for name in parts:
+            states[name], mirrors[name] = full[name]["model"], full[name].get("mirrors", {})
+    elif kind == "deepspeed":
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        model = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds"), tag="state")
-        mirrors = load_file(ckpt / "mirrors.pt")
-    trainer = load_file(ckpt / "trainer.pt")
-    averages = {key.split("/", 1)[-1]: {n: t.float() for n, t in v.items()} for key, v in mirrors.items()}
-    meta = {"strategy": kind, "step": trainer["step"], "nimg": trainer["nimg"]}
-    return {k: v.float() if v.is_floating_point() else v for k, v in model.items()}, averages, meta
+        all_mirrors = load_file(ckpt / "mirrors.pt")
+        for name, info in parts.items():
+            if info["trainable"]:
+                states[name] = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds" / name), tag="state")
+            else:
+                states[name] = load_file(ckpt / f"{name}.pt")["model"]
+            mirrors[name] = all_mirrors.get(name, {})
+    else:
+        raise FileNotFoundError(f"{ckpt}: unknown strategy '{kind}' in trainer.pt")
+    meta = {"strategy": kind, "step": trainer["step"], "nimg": trainer["nimg"], "parts": list(parts)}
+    return ({n: _fp32(s) for n, s in states.items()}, {n: _averages(m) for n, m in mirrors.items()}, meta)
 
 
-def flat_weights(ckpt: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """One flat dict as the export file holds it: 'model.<param>' and 'ema.<average>.<param>'; and metadata."""
-    model, averages, meta = consolidate(ckpt)
-    flat = {f"model.{k}": v for k, v in model.items()}
-    for name, params in averages.items():
-        flat.update({f"ema.{name}.{k}": v for k, v in params.items()})
-    return flat, dict(meta, averages=sorted(averages))
+def flat_weights(ckpt: str | Path, part: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """One flat dict as the export file holds it (module docstring), of every part or only `part`; and metadata
+    (step, nimg, strategy, parts, averages: the names after 'ema.')."""
+    states, averages, meta = consolidate(ckpt)
+    if part is not None:
+        if part not in states:
+            raise FileNotFoundError(f"{ckpt}: no part '{part}' (it has {', '.join(states)})")
+        states, averages = {part: states[part]}, {part: averages[part]}
+    names = list(states)
+    flat, average_names = {}, []
+    for name, state in states.items():
+        flat.update({f"{name}.{k}": v for k, v in state.items()})
+        prefix = ema_prefix(name, names)
+        for avg, params in averages[name].items():
+            flat.update({f"{prefix}{avg}.{k}": v for k, v in params.items()})
+            average_names.append(f"{prefix}{avg}"[len("ema."):])
+    return flat, dict(meta, parts=names, averages=sorted(average_names))

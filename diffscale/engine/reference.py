@@ -1,5 +1,7 @@
-"""Load a frozen model from one of our checkpoints (the curation reference, the autoguidance guide)."""
+"""Load weights from one of our checkpoints, a work_dir or an export: a part's `init`, the curation reference, the
+autoguidance guide, the network tools/test.py and tools/generate.py sample with."""
 
+import json
 from pathlib import Path
 
 import torch
@@ -10,44 +12,72 @@ from diffscale.errors import ConfigError
 from diffscale.registry import MODELS, build
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, key: str = "checkpoint") -> Path:
     """A checkpoint directory, a work_dir (its last_checkpoint) or an exported .safetensors file."""
     path = Path(path)
     if (path / LAST).is_file():
         return Path((path / LAST).read_text().strip())
     if path.is_dir() or (path.suffix == ".safetensors" and path.is_file()):
         return path
-    raise ConfigError(f"reference checkpoint '{path}': no such checkpoint directory, work_dir with "
-                      f"{LAST}, or .safetensors file")
+    raise ConfigError(f"reference checkpoint '{path}': no such checkpoint directory, work_dir with {LAST}, or "
+                      f".safetensors file ({key})")
 
 
-def load_weights(path: Path, ema: str | None) -> dict[str, torch.Tensor]:
-    """Model state (parameters replaced by the average `ema` when given) of a checkpoint or export."""
+def _pick_part(parts: list[str], part: str | None, path: Path, key: str) -> str:
+    if part is None:
+        if len(parts) == 1:
+            return parts[0]
+        raise ConfigError(f"{key}: '{path}' holds the parts {', '.join(parts)}; name one ({key}.part)")
+    if part not in parts:
+        raise ConfigError(f"{key}.part: '{path}' has no part '{part}' (it has {', '.join(parts)})")
+    return part
+
+
+def _from_export(path: Path, ema: str | None, part: str | None, key: str) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    from diffscale.engine.export import ema_prefix
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        flat = {k: f.get_tensor(k) for k in f.keys()}
+    parts = json.loads(meta["parts"]) if "parts" in meta else ["model"]  # exports before parts: one part 'model'
+    part = _pick_part(parts, part, path, key)
+    state = {k[len(part) + 1:]: v for k, v in flat.items() if k.startswith(f"{part}.")}
+    if ema is None:
+        return state
+    prefix = f"{ema_prefix(part, parts)}{ema}."
+    averages = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+    if not averages:
+        names = json.loads(meta["averages"]) if "averages" in meta else "unknown"
+        raise ConfigError(f"{key}: '{path}' has no average '{ema}' of part '{part}' (it has: {names})")
+    return {**state, **averages}
+
+
+def load_weights(path: Path, ema: str | None, part: str | None = None, key: str = "checkpoint") -> dict:
+    """State dict of `part` (default: the only one) of a checkpoint or export, its parameters replaced by the
+    average `ema` when given."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        return _from_export(path, ema, part, key)
+    from diffscale.engine.export import consolidate
 
-        flat = load_file(str(path))
-        state = {k[len("model."):]: v for k, v in flat.items() if k.startswith("model.")}
-        prefix = f"ema.{ema}."
-        averages = {k[len(prefix):]: v for k, v in flat.items() if ema and k.startswith(prefix)}
-        names = sorted({k.split(".")[1] for k in flat if k.startswith("ema.")})
-    else:
-        from diffscale.engine.export import consolidate
-
-        state, all_averages, _ = consolidate(path)
-        averages, names = all_averages.get(ema, {}) if ema else {}, sorted(all_averages)
-    if ema and not averages:
-        raise ConfigError(f"reference checkpoint '{path}': no average '{ema}' (it has: {names or 'none'})")
-    state.update(averages)
-    return state
+    states, averages, _ = consolidate(path)
+    part = _pick_part(list(states), part, path, key)
+    state = states[part]
+    if ema is None:
+        return state
+    if ema not in averages[part]:
+        raise ConfigError(f"{key}: '{path}' has no average '{ema}' of part '{part}' "
+                          f"(it has: {sorted(averages[part]) or 'none'})")
+    return {**state, **averages[part][ema]}
 
 
 def load_frozen(model_cfg: dict, checkpoint: str | Path, ema: str | None, device: torch.device,
-                key: str) -> nn.Module:
-    """Build `model_cfg`, load the checkpoint's weights strictly, freeze, eval mode, on `device`."""
-    path = resolve_checkpoint(checkpoint)
+                key: str, part: str | None = None) -> nn.Module:
+    """Build `model_cfg`, load `part` of the checkpoint strictly, freeze, eval mode, on `device`."""
+    path = resolve_checkpoint(checkpoint, f"{key}.checkpoint")
     model = build(MODELS, model_cfg, f"{key}.model")
-    state = load_weights(path, ema)
+    state = load_weights(path, ema, part, key)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

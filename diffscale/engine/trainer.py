@@ -1,8 +1,10 @@
-"""The training loop. Read it top to bottom: build, resume, then for each step: micro-batches (hooks may
-change each batch), backward, one optimizer step through the strategy, hooks, checkpoint.
+"""The training loop. Read it top to bottom: build the parts, resume, then for each iteration: draw the
+accumulation micro-batches (hooks may change each), run each update phase of the objective (forward and backward
+of its parts, one collective, one host sync, per-part clipping, the non-finite check and the step), hooks,
+checkpoint.
 
-The trainer owns the loop and nothing else: distribution is the strategy's, data the loader's,
-the loss the objective's, everything optional a hook's.
+The trainer owns the loop and nothing else: distribution is the strategy's, data the loader's, the losses and
+phases the objective's, everything optional a hook's.
 """
 
 import logging
@@ -16,13 +18,16 @@ from mmengine.config import Config
 from torch.utils.tensorboard import SummaryWriter
 
 from diffscale import config as C
+from diffscale.diffusion.base import Phase
 from diffscale.engine import checkpoint as ckpt
 from diffscale.engine.hooks.base import Hook
 from diffscale.engine.hooks.checkpoint import CheckpointHook
 from diffscale.engine.hooks.logger import LoggerHook
+from diffscale.engine.parts import Part, base_lr, build_part, count_params
 from diffscale.engine.precision import autocast
-from diffscale.engine.strategies.base import STEP_NONFINITE, STEP_OK, Strategy
-from diffscale.registry import DATASETS, HOOKS, LR_SCHEDULES, MODELS, OBJECTIVES, STRATEGIES, build
+from diffscale.engine.strategies.base import Mirrors, StepStatus, Strategy
+from diffscale.errors import ConfigError
+from diffscale.registry import DATASETS, HOOKS, LR_SCHEDULES, OBJECTIVES, STRATEGIES, build
 from diffscale.utils.dist import DistInfo, all_reduce_sum, barrier, broadcast_object
 from diffscale.utils.logging import setup_logging
 from diffscale.utils.seeding import load_rng_state, rng_state, seed_everything
@@ -37,14 +42,13 @@ class NonFiniteLossError(RuntimeError):
 class Trainer:
     def __init__(self, cfg: Config, dist_info: DistInfo, resume: str | None = None):
         self.cfg, self.dist, self.resume = cfg, dist_info, resume
-        tc = cfg.train_cfg
-        self.max_iters, self.batch_size, self.batch_gpu = tc.max_iters, tc.batch_size, tc.batch_gpu
-        self.precision, self.grad_clip = tc.precision, tc.get("grad_clip")
-        self.max_nonfinite_steps = tc.get("max_nonfinite_steps", 10)
-        # Validate the batch arithmetic before anything expensive is built.
-        self.accum = C.batch_arithmetic(self.batch_size, self.batch_gpu, dist_info.world_size)
+        tc = cfg.train_cfg  # defaults filled in by config.validate (TRAIN_DEFAULTS)
+        self.max_iters, self.batch_size, self.precision = tc.max_iters, tc.batch_size, tc.precision
+        self.max_nonfinite_steps = tc.max_nonfinite_steps
+        # Validate the batch arithmetic before anything expensive is built; batch_gpu is the largest micro-batch.
+        self.batch_gpu, self.accum = C.batch_arithmetic(self.batch_size, tc.batch_gpu, dist_info.world_size)
         self.work_dir = Path(cfg.work_dir).resolve()
-        self.step, self.nimg = 0, 0  # optimizer steps done, images consumed (global)
+        self.step, self.nimg = 0, 0  # iterations done, images consumed (global)
         self.skipped_steps, self.nonfinite_in_a_row = 0, 0
         self.stop_requested = False
 
@@ -58,36 +62,52 @@ class Trainer:
 
         # Same seed on every rank: identical initial weights without a broadcast.
         seed_everything(tc.seed)
-        model = build(MODELS, cfg.model, "model")
-        self.num_params = sum(p.numel() for p in model.parameters())
-        self.model_name = type(model).__name__
+        prefix = "parts.{}." if "parts" in cfg else ""
+        self.parts: dict[str, Part] = {name: build_part(name, spec, prefix.format(name))
+                                       for name, spec in C.part_specs(cfg).items()}
+        # Named and counted before any strategy wraps them (FSDP2 renames the class): {part: (class, all, trainable)}.
+        self.part_summary = {name: (type(part.module).__name__, *count_params(part.module))
+                             for name, part in self.parts.items()}
         self.objective = build(OBJECTIVES, cfg.objective, "objective")
+        missing = [p for p in self.objective.parts if p not in self.parts]
+        if missing:
+            raise ConfigError(f"objective: {type(self.objective).__name__} needs the parts "
+                              f"{list(self.objective.parts)}; the config has {list(self.parts)} (missing {missing})")
         self.loader = build(DATASETS, cfg.data.train, "data.train", batch_gpu=self.batch_gpu,
                             rank=dist_info.rank, world_size=dist_info.world_size, seed=tc.seed,
                             device=dist_info.device)
-        self.lr_schedule = build(LR_SCHEDULES, cfg.lr_schedule, "lr_schedule", max_iters=self.max_iters)
-        self.base_lr = float(cfg.optimizer.get("lr", 1e-3))
-        strategy_cfg = dict(cfg.strategy)
-        self.strategy: Strategy = build(STRATEGIES, strategy_cfg, "strategy", dist_info=dist_info,
+        trainable = [n for n, p in self.parts.items() if p.trainable]
+        self.lr_schedules = {n: build(LR_SCHEDULES, self.parts[n].lr_schedule_cfg, f"{prefix.format(n)}lr_schedule",
+                                      max_iters=self.max_iters) for n in trainable}
+        self.base_lrs = {n: base_lr(self.parts[n].optimizer_cfg) for n in trainable}
+        self.part_steps = dict.fromkeys(trainable, 0)  # optimizer steps of each part (EMA counts these)
+        self.strategy: Strategy = build(STRATEGIES, dict(cfg.strategy), "strategy", dist_info=dist_info,
                                         precision=self.precision)
-        self.strategy.prepare(model, dict(cfg.optimizer), self.batch_gpu, self.accum, self.grad_clip)
-        # EDM2's forced weight normalisation after each optimizer step, on the weights the optimizer updates
-        # (plain, DDP, FSDP2 shards). DeepSpeed keeps them inside its optimizer, out of reach (models/layers/mp.py).
-        self.force_weight_norm = (getattr(self.strategy.module, "force_weight_norm_", None)
-                                  if self.strategy.name != "deepspeed" else None)
-        if self.force_weight_norm is not None:
-            # Take over from the model's in-forward pass before any forward, so that a resumed run normalises
-            # exactly as often as an uninterrupted one (the normalisation is not idempotent: eps).
-            with torch.no_grad():
-                self.force_weight_norm()
-        # Noise (sigma, n) comes from a per-rank generator whose state is checkpointed.
+        for name in trainable:
+            module = self.parts[name].module
+            if hasattr(module, "force_weight_norm_"):  # EDM2: forced weight normalisation after each step
+                self.strategy.post_step(name, type(module).force_weight_norm_)
+        self.strategy.prepare(self.parts, self.batch_gpu, self.accum)
+        # Noise comes from a per-rank generator whose state is checkpointed.
         self.generator = torch.Generator(dist_info.device).manual_seed(tc.seed * 1000 + dist_info.rank)
         # The checkpoint hook runs last, so a checkpoint holds every hook's update of that step.
-        self.hooks: list[Hook] = [
-            LoggerHook(interval=tc.get("log_interval", 10)),
-            *(build(HOOKS, h, f"hooks.{i}") for i, h in enumerate(cfg.hooks)),
-            CheckpointHook(**cfg.checkpoint),
-        ]
+        self.hooks: list[Hook] = [LoggerHook(interval=tc.log_interval),
+                                  *(self._build_hook(h, i) for i, h in enumerate(cfg.hooks)),
+                                  CheckpointHook(**cfg.checkpoint)]
+        names = [h.name for h in self.hooks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"hooks: two hooks named {dupes[0]}; give one of them name='...'")
+        self.checkpoint_requested = False  # a hook (EvalHook keeping best/) asks for a checkpoint of this step
+
+    @staticmethod
+    def _build_hook(cfg: dict, index: int) -> Hook:
+        cfg = dict(cfg)
+        name = cfg.pop("name", None)
+        hook = build(HOOKS, cfg, f"hooks.{index}")
+        if name is not None:
+            hook.name = name
+        return hook
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> None:
@@ -112,49 +132,82 @@ class Trainer:
         if self.writer:
             self.writer.close()
 
+    def _next_batch(self) -> dict:
+        batch = next(self.loader)
+        for hook in self.hooks:
+            batch = hook.before_step(batch)
+        return batch
+
     def _train_step(self) -> dict:
-        lr = self.base_lr * self.lr_schedule.factor(self.step)
-        self.strategy.set_lr(lr)
-        loss_sum = torch.zeros((), device=self.dist.device)
-        for micro in range(self.accum):
-            batch = next(self.loader)
-            for hook in self.hooks:
-                batch = hook.before_step(batch)
-            with self.strategy.micro_step_context(is_last=micro == self.accum - 1):
-                with autocast(self.precision, self.dist.device):
-                    loss = self.objective(self.strategy.model, batch, self.generator).mean()
-                self.strategy.backward(loss)
-            loss_sum += loss.detach().float()
-        # One collective per step: the global mean loss and whether any rank was asked to stop.
-        stats = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(self.stop_requested),
-                                                                   device=self.dist.device)]))
-        mean_loss = stats[0] / (self.accum * self.dist.world_size)
-        # Queue the stop flag's copy to the host now: the strategy's one sync below (the finite check)
-        # completes it, so reading it afterwards costs no second sync.
-        stop_flag = stats[1].to("cpu", non_blocking=True)
-        grad_norm, status = self.strategy.step(loss_finite=mean_loss.isfinite())
-        if self.force_weight_norm is not None and status == STEP_OK:
-            with torch.no_grad():
-                self.force_weight_norm()
+        batches = [self._next_batch() for _ in range(self.accum)]
+        # The stop flag rides on the first collective of the iteration (a rank may be asked to stop alone).
+        stop_flag = torch.tensor(float(self.stop_requested), device=self.dist.device)
+        phases, stepped, lrs, stop = {}, {}, {}, None
+        for phase in self.objective.phases(self.step):
+            result = self._run_phase(phase, batches, stop_flag if stop is None else None)
+            stop = result["stop"] if stop is None else stop
+            phases[phase.name] = result
+            stepped.update(dict.fromkeys(phase.parts, result["status"]))
+            lrs.update(result["lrs"])
+        if stop is None:  # an iteration without phases still agrees on stopping
+            stop = all_reduce_sum(stop_flag).cpu()
         self.step += 1
         self.nimg += self.batch_size
-        self._count(status)
-        return {"loss": mean_loss, "grad_norm": grad_norm, "lr": lr, "status": status,
-                "stop": bool(stop_flag > 0)}
+        first = next(iter(phases.values()), {})
+        return {"phases": phases, "stepped": stepped, "lrs": lrs, "loss": first.get("loss"),
+                "grad_norm": first.get("grad_norm"), "lr": next(iter(lrs.values()), 0.0),
+                "status": first.get("status", StepStatus.OK), "stop": bool(stop > 0)}
 
-    def _count(self, status: str) -> None:
-        if status == STEP_OK:
+    def _run_phase(self, phase: Phase, batches: list[dict], stop_flag: torch.Tensor | None) -> dict:
+        """Forward and backward of every micro-batch for the parts `phase.parts`, then their optimizer step."""
+        lrs = {}
+        for name in phase.parts:
+            lrs[name] = self.base_lrs[name] * self.lr_schedules[name].factor(self.step)
+            self.strategy.set_lr(name, lrs[name])
+        models = self.strategy.models(phase.parts)
+        loss_sum = torch.zeros((), device=self.dist.device)
+        log_sums: dict[str, torch.Tensor] = {}
+        for micro, batch in enumerate(batches):
+            with self.strategy.micro_step_context(phase.parts, is_last=micro == self.accum - 1):
+                with autocast(self.precision, self.dist.device):
+                    out = self.objective(phase, models, batch, self.generator)
+                    loss = out.loss.mean()
+                self.strategy.backward(loss, phase.parts)
+            loss_sum += loss.detach().float()
+            for key, value in out.logs.items():
+                log_sums[key] = log_sums.get(key, 0.0) + value.detach().float()
+        # One collective per phase: the global mean loss, the objective's logs and (first phase) the stop flag.
+        extra = [] if stop_flag is None else [stop_flag]
+        stats = all_reduce_sum(torch.stack([loss_sum, *log_sums.values(), *extra]))
+        count = self.accum * self.dist.world_size
+        mean_loss = stats[0] / count
+        logs = {k: stats[1 + i] / count for i, k in enumerate(log_sums)}
+        # Queue the stop flag's copy to the host now: the strategy's one sync below (the finite check) completes
+        # it, so reading it afterwards costs no second sync.
+        stop = stats[-1].to("cpu", non_blocking=True) if stop_flag is not None else None
+        grad_norms, status = self.strategy.step(phase.parts, loss_finite=mean_loss.isfinite())
+        for name in phase.parts:
+            self.part_steps[name] += 1
+        self._count(status)
+        self.objective.after_step(phase, out)
+        return {"loss": mean_loss, "logs": logs, "grad_norms": grad_norms, "status": status, "lrs": lrs,
+                "grad_norm": next(iter(grad_norms.values())), "stop": stop}
+
+    def _count(self, status: StepStatus) -> None:
+        """Count a phase's outcome; called before the iteration counter moves, so the step it names is step + 1."""
+        if status == StepStatus.OK:
             self.nonfinite_in_a_row = 0
             return
+        step = self.step + 1
         self.skipped_steps += 1
-        if status == STEP_NONFINITE:
+        if status == StepStatus.NONFINITE:
             self.nonfinite_in_a_row += 1
             if self.dist.is_main:  # the decision is global: say it once
                 log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
-                            self.step, self.nonfinite_in_a_row)
+                            step, self.nonfinite_in_a_row)
             if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
                 raise NonFiniteLossError(
-                    f"{self.nonfinite_in_a_row} non-finite steps in a row at step {self.step} "
+                    f"{self.nonfinite_in_a_row} non-finite steps in a row at step {step} "
                     f"(train_cfg.max_nonfinite_steps={self.max_nonfinite_steps}): lower the learning rate, "
                     f"check the data, or resume from {self.work_dir / ckpt.LAST}")
 
@@ -162,8 +215,12 @@ class Trainer:
         self.stop_requested = True  # finish this step, save, exit 0 (see train)
 
     # ------------------------------------------------------------------ checkpoints
-    def _mirrors(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {f"{i}/{k}": v for i, h in enumerate(self.hooks) for k, v in h.param_mirrors.items()}
+    def _mirrors(self) -> Mirrors:
+        mirrors: Mirrors = {}
+        for h in self.hooks:
+            for key, tensors in h.param_mirrors.items():
+                mirrors.setdefault(h.mirror_part, {})[f"{h.name}/{key}"] = tensors
+        return mirrors
 
     def save_checkpoint(self, keep: int) -> Path:
         final = ckpt.checkpoint_dir(self.work_dir, self.step)
@@ -180,14 +237,18 @@ class Trainer:
         if self.dist.is_main:
             ckpt.save_file({
                 "step": self.step, "nimg": self.nimg, "skipped_steps": self.skipped_steps,
-                "world_size": self.dist.world_size, "strategy": self.strategy.state_dict(),
-                "hooks": {str(i): h.state_dict() for i, h in enumerate(self.hooks)},
+                "part_steps": dict(self.part_steps), "world_size": self.dist.world_size,
+                "strategy_name": self.strategy.name, "strategy": self.strategy.state_dict(),
+                "parts": {n: {"trainable": p.trainable} for n, p in self.parts.items()},
+                "objective": self.objective.state_dict(),
+                "hooks": {h.name: h.state_dict() for h in self.hooks},
             }, tmp / "trainer.pt")
         barrier()
         if self.dist.is_main:
             ckpt.finalize(tmp, final, self.work_dir, keep)
             log.info("saved %s (%.2f s)", final, time.perf_counter() - t0)
         barrier()
+        self.checkpoint_requested = False
         return final
 
     def _resume(self) -> None:
@@ -198,12 +259,18 @@ class Trainer:
         if path is None:
             log.info("no complete checkpoint in %s: starting from scratch", self.work_dir)
             return
-        self.strategy.load(path, self._mirrors())
         state = ckpt.load_file(path / "trainer.pt")
+        saved_parts = list(state.get("parts", {}))
+        if saved_parts != list(self.parts) or state.get("strategy_name") != self.strategy.name:
+            raise ConfigError(f"--resume {path}: written by strategy '{state.get('strategy_name')}' with parts "
+                              f"{saved_parts}; this run is '{self.strategy.name}' with {list(self.parts)}")
+        self.strategy.load(path, self._mirrors())
         self.step, self.nimg, self.skipped_steps = state["step"], state["nimg"], state["skipped_steps"]
+        self.part_steps.update(state["part_steps"])
         self.strategy.load_state_dict(state["strategy"])
-        for i, hook in enumerate(self.hooks):
-            hook.load_state_dict(state["hooks"].get(str(i), {}))
+        self.objective.load_state_dict(state["objective"])
+        for hook in self.hooks:
+            hook.load_state_dict(state["hooks"].get(hook.name, {}))
         rank_file = path / f"rank_{self.dist.rank:05d}.pt"
         if state["world_size"] == self.dist.world_size:
             rank_state = ckpt.load_file(rank_file)
@@ -215,24 +282,31 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     def _banner(self) -> None:
+        configured = self.cfg.train_cfg.batch_gpu
+        clamp = (f" (train_cfg.batch_gpu {configured} is more than batch_size / world_size: using {self.batch_gpu})"
+                 if configured != self.batch_gpu else "")
+        parts = "; ".join(f"part {n}: {kind} parameters: {total / 1e6:.3f}M"
+                          + (f" ({trainable / 1e6:.3f}M trainable)" if self.parts[n].trainable else " (frozen)")
+                          for n, (kind, total, trainable) in self.part_summary.items())
         log.info(
             "diffscale: world size %d, device %s, strategy %s, precision %s | batch %d = batch_gpu %d x accum %d "
-            "x world %d | %s parameters: %.3fM | work_dir %s",
+            "x world %d%s | %s | work_dir %s",
             self.dist.world_size, self.dist.device, self.strategy.name, self.precision, self.batch_size,
-            self.batch_gpu, self.accum, self.dist.world_size, self.model_name,
-            self.num_params / 1e6, self.work_dir)
+            self.batch_gpu, self.accum, self.dist.world_size, clamp, parts, self.work_dir)
 
     # ------------------------------------------------------------------ consolidated weights
-    def consolidated_state(self, ema: str | None) -> dict[str, torch.Tensor] | None:
-        """Full model state_dict on rank 0 (None elsewhere), with the parameters of the average `ema`
-        (a key of an EMAHook's averages) substituted when given. Collective."""
-        state = self.strategy.full_model_state()
+    def consolidated_state(self, part: str, ema: str | None) -> dict[str, torch.Tensor] | None:
+        """Full state_dict of `part` on rank 0 (None elsewhere), with the parameters of the average `ema` (an
+        EMAHook average of that part) substituted when given. Collective."""
+        if part not in self.parts:
+            raise ConfigError(f"test_cfg.part: no part '{part}' in this run (parts: {', '.join(self.parts)})")
+        state = self.strategy.full_state(part)
         if ema is None:
             return state
-        mirrors = {k.split("/", 1)[1]: v for k, v in self._mirrors().items()}
+        mirrors = {k.split("/", 1)[1]: v for k, v in self._mirrors().get(part, {}).items()}
         if ema not in mirrors:
-            raise KeyError(f"no average named '{ema}'; have: {sorted(mirrors)}")
-        full = self.strategy.gather_full(mirrors[ema])
+            raise ConfigError(f"no average '{ema}' of part '{part}'; have: {sorted(mirrors) or 'none'}")
+        full = self.strategy.gather_full(part, mirrors[ema])
         if state is not None:
             state.update(full)
         return state

@@ -27,6 +27,8 @@ TEST_DEFAULTS = dict(
     shape=None,  # one sample's shape; None: (img_channels, img_resolution, img_resolution) of the model
     images=True,  # samples are images in [-1, 1] and evaluators get uint8; False: raw samples (the toy)
     ref=None,  # reference statistics file (tools/compute_ref_stats.py); tools/test.py --ref overrides
+    part=None,  # the part that samples (e.g. 'generator'); None: the run's only part
+    decoder=None,  # a frozen part applied to the samples before images are made (a VAE decoder); None: none
 )
 
 
@@ -51,14 +53,54 @@ def test_settings(cfg, **overrides) -> dict:
     return s
 
 
-def build_guide(guide_cfg: str | dict | None, net: Denoiser, device: torch.device) -> Denoiser | None:
-    """None, classifier-free guidance's unconditional `net`, or a frozen autoguidance model."""
+def build_guide(guide_cfg: str | dict | None, net: Denoiser | None, device: torch.device,
+                key: str = "test_cfg.guide") -> Denoiser | None:
+    """None, classifier-free guidance's unconditional `net`, or a frozen autoguidance model
+    (dict(model, checkpoint, ema=None, part=None)). The one guide loader of every tool and hook."""
     if guide_cfg is None:
         return None
     if guide_cfg == "cfg":
         return unconditional(net)
     g = dict(guide_cfg)
-    return load_frozen(g["model"], g["checkpoint"], g.get("ema"), device, "test_cfg.guide")
+    return load_frozen(g["model"], g["checkpoint"], g.get("ema"), device, key, part=g.get("part"))
+
+
+def part_model_cfg(cfg, part: str) -> dict:
+    """The model config of `part`: an entry of `parts`, or the one-part shorthand's `model`."""
+    if "parts" not in cfg:
+        if part != "model":
+            raise ConfigError(f"test_cfg.part: '{part}' is not a part of this config (its one part is 'model')")
+        return dict(cfg.model)
+    if part not in cfg.parts:
+        raise ConfigError(f"test_cfg.part: '{part}' is not a part of this config (parts: {', '.join(cfg.parts)})")
+    return dict(cfg.parts[part]["model"])
+
+
+def sampling_parts(cfg, settings: dict) -> tuple[str, str | None]:
+    """(the part that samples, the decoder part or None) of test settings: test_cfg.part, else the only part."""
+    names = list(cfg.parts) if "parts" in cfg else ["model"]
+    part = settings["part"]
+    if part is None:
+        if len(names) != 1:
+            raise ConfigError(f"test_cfg.part: this config has the parts {', '.join(names)}; name the one that "
+                              f"samples")
+        part = names[0]
+    for key, name in (("part", part), ("decoder", settings["decoder"])):
+        if name is not None and name not in names:
+            raise ConfigError(f"test_cfg.{key}: '{name}' is not a part of this config (parts: {', '.join(names)})")
+    return part, settings["decoder"]
+
+
+def load_sampling_nets(cfg, settings: dict, checkpoint, device: torch.device) -> tuple[torch.nn.Module, object]:
+    """The network that samples (test_cfg.part at test_cfg.ema) and the decoder (test_cfg.decoder, raw weights,
+    or None) of a checkpoint, work_dir or export: the one "model to sample with" of tools/test.py and
+    tools/generate.py."""
+    part, decoder = sampling_parts(cfg, settings)
+    net = load_frozen(part_model_cfg(cfg, part), checkpoint, settings["ema"], device, "checkpoint", part=part)
+    if decoder is not None:
+        decoder = load_frozen(part_model_cfg(cfg, decoder), checkpoint, None, device, "test_cfg.decoder",
+                              part=decoder)
+    return net, decoder
 
 
 def build_evaluators(cfgs: list | tuple, device: torch.device, key: str = "evaluators") -> list[Evaluator]:

@@ -17,7 +17,6 @@ Sizes (PRESETS): `channels` is the base width (64 xxs ... 448 xxl); img512 = 4x6
 classes; img64 = 3x64x64 pixels, 1000 classes; tiny = 3x64x64 Tiny ImageNet, 200 classes.
 """
 
-import logging
 import math
 
 import torch
@@ -28,7 +27,6 @@ from diffscale.models.layers.attention import attention
 from diffscale.models.layers.mp import (
     MPConv,
     MPFourier,
-    disable_forward_wn_if_sharded_,
     force_weight_norm_,
     mp_cat,
     mp_silu,
@@ -36,8 +34,6 @@ from diffscale.models.layers.mp import (
     normalize,
 )
 from diffscale.registry import MODELS
-
-log = logging.getLogger("diffscale")
 
 # Architecture defaults (EDM2 config G); a preset or an explicit argument replaces any of them.
 DEFAULTS = dict(
@@ -180,19 +176,11 @@ class EDM2UNet(nn.Module):
         for m in self.modules():
             if isinstance(m, MPConv):
                 m.force_wn = force_wn
-        self._sharded = False  # FSDP2 / ZeRO-3 found: in-forward forced normalisation is off for good
 
     def force_weight_norm_(self) -> int:
-        """Renormalise every MP weight in place (EDM2 eq. 66); call after each optimizer step. See layers/mp.py."""
+        """Renormalise every MP weight in place (EDM2 eq. 66); the trainer runs it as a post-step function
+        (`Strategy.post_step`) on the weights the optimizer updates. See layers/mp.py."""
         return force_weight_norm_(self)
-
-    def check_sharding(self) -> None:
-        """At training forwards until found: no in-forward forced normalisation on FSDP2 / ZeRO-3 shards."""
-        if not self._sharded:
-            self._sharded = disable_forward_wn_if_sharded_(self)
-            if self._sharded:
-                log.info("EDM2: sharded parameters: forced weight normalisation is left to force_weight_norm_() "
-                         "after each optimizer step (the forward normalises functionally)")
 
     @staticmethod
     def _build(widths: list[int], cfg: dict, kw: dict) -> tuple[nn.ModuleList, nn.ModuleList]:
@@ -224,8 +212,6 @@ class EDM2UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor,
                 class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        if self.training:
-            self.check_sharding()
         emb = self.emb_noise(self.emb_fourier(noise_labels))
         if self.emb_label is not None:
             if class_labels is None:  # unconditional: the all-zero label (CFG's null class)

@@ -14,7 +14,7 @@ def edm_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float, d
     """Noise levels [num_steps + 1], descending, ending in 0 (EDM eq. 5)."""
     i = torch.arange(num_steps, dtype=torch.float64, device=device)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    sigmas = (hi + i / (num_steps - 1) * (lo - hi)) ** rho
+    sigmas = (hi + i / max(num_steps - 1, 1) * (lo - hi)) ** rho  # one step: sigma_max, then 0
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64, device=device)])
 
 

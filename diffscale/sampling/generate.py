@@ -5,7 +5,7 @@ class i % num_classes (balanced classes), and is made by rank i % world_size: ra
 So every world size produces the same samples, and per-sample seeds make any one of them reproducible alone.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -55,10 +55,11 @@ def sample_shape(model: torch.nn.Module, shape: tuple[int, ...] | None) -> tuple
 def generate(net: Denoiser, sampler, num: int, batch_gpu: int, shape: tuple[int, ...], *,
              guide: Denoiser | None = None, num_classes: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
              device: torch.device | str = "cpu", images: bool = True, seeds: torch.Tensor | None = None,
-             classes: torch.Tensor | None = None) -> Iterator[Batch]:
+             classes: torch.Tensor | None = None, decoder: Callable | None = None) -> Iterator[Batch]:
     """This rank's share of `num` samples, in batches of at most `batch_gpu`. `sampler(net, noise, labels,
     guide=guide)` is called once per batch (its `guidance` weight applies to `guide`). Explicit `seeds` [num] and
-    `classes` [num] replace seed + i and i % num_classes for sample i."""
+    `classes` [num] replace seed + i and i % num_classes for sample i. `decoder` (a frozen part, e.g. a VAE decoder)
+    maps the sampler's output to what is returned (images for latent models)."""
     indices = torch.arange(rank, num, world_size)
     for chunk in indices.split(batch_gpu):
         chunk_seeds = seeds[chunk] if seeds is not None else seed + chunk
@@ -68,4 +69,6 @@ def generate(net: Denoiser, sampler, num: int, batch_gpu: int, shape: tuple[int,
         else:
             labels = (chunk % num_classes).to(device) if num_classes > 0 else None
         x = sampler(net, noise, labels, guide=guide)
+        if decoder is not None:
+            x = decoder(x)
         yield Batch(to_uint8(x) if images else x, labels, chunk_seeds)

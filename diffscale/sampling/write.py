@@ -10,9 +10,14 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from diffscale.engine.hooks.sample import preview
-from diffscale.engine.reference import load_frozen
 from diffscale.errors import ConfigError
-from diffscale.evaluation.pipeline import build_guide, test_settings
+from diffscale.evaluation.pipeline import (
+    build_guide,
+    load_sampling_nets,
+    part_model_cfg,
+    sampling_parts,
+    test_settings,
+)
 from diffscale.registry import SAMPLERS, build
 from diffscale.sampling.generate import generate, sample_shape, to_uint8
 from diffscale.utils.dist import DistInfo, barrier
@@ -30,7 +35,7 @@ def _guide_cfg(cfg, settings: dict, guide: str | None) -> str | dict | None:
     elif "reference" in cfg and isinstance(cfg.reference, dict) and "model" in cfg.reference:
         model = cfg.reference["model"]
     else:
-        model = cfg.model
+        model = part_model_cfg(cfg, sampling_parts(cfg, settings)[0])
     return dict(model=dict(model), checkpoint=guide, ema=settings["guide"].get("ema") if isinstance(
         settings["guide"], dict) else None)
 
@@ -50,7 +55,7 @@ def generate_to_dir(cfg, args: argparse.Namespace, dist: DistInfo) -> Path:
         raise ConfigError(f"--guidance {sampler_cfg['guidance']} needs a guide: --guide cfg or --guide CHECKPOINT "
                           f"(or test_cfg.guide)")
     sampler = build(SAMPLERS, sampler_cfg, "test_cfg.sampler")
-    net = load_frozen(dict(cfg.model), args.checkpoint, settings["ema"], dist.device, "checkpoint")
+    net, decoder = load_sampling_nets(cfg, settings, args.checkpoint, dist.device)
     guide = build_guide(guide_cfg, net, dist.device)
     seeds = torch.tensor(args.seeds if args.seeds else range(args.num), dtype=torch.int64)
     num_classes = int(getattr(net, "label_dim", 0))
@@ -67,7 +72,7 @@ def generate_to_dir(cfg, args: argparse.Namespace, dist: DistInfo) -> Path:
     parts = {"images": [], "labels": [], "seeds": []}
     for batch in generate(net, sampler, len(seeds), settings["batch_gpu"], shape, guide=guide, seeds=seeds,
                           classes=classes, rank=dist.rank, world_size=dist.world_size, device=dist.device,
-                          images=False):
+                          images=False, decoder=decoder):
         x = batch.samples.cpu()
         images = to_uint8(x) if x.shape[1] in (1, 3) else to_uint8(preview(x) * 2 - 1)
         for image, seed in zip(images, batch.seeds.tolist(), strict=True):

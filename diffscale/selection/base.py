@@ -1,4 +1,4 @@
-"""The selector contract (DESIGN.md §3) and the Gumbel top-k draw that every stochastic selector uses.
+"""The selector contract (README, "Online data curation") and the Gumbel top-k draw that every stochastic selector uses.
 
 select(learner_loss[B], ref_loss[B] | None, n_select, generator) -> LongTensor[n_select]: unique indices
 into the super-batch, on the losses' device, O(B) memory, no host synchronisation.

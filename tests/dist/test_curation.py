@@ -11,6 +11,7 @@ from tests.helpers import ROOT, last_checkpoint, train
 
 REF = str(ROOT / "tests/configs/toy_ref_small.py")
 AJEST = str(ROOT / "tests/configs/toy_ajest_small.py")
+SECOND = str(ROOT / "tests/configs/toy_ajest_second_objective.py")
 
 
 def scalars(work_dir) -> dict[str, list[tuple[int, float]]]:
@@ -57,11 +58,11 @@ def test_early_ajest_switches_off_and_the_switch_survives_resume(reference, tmp_
     options = (f"hooks.0.reference.checkpoint={reference}", early, "train_cfg.max_iters=10")
     out = train(AJEST, tmp_path, options=options)
     assert "Early AJEST: learner loss" in out.stderr
-    state = torch.load(last_checkpoint(tmp_path) / "trainer.pt", weights_only=True)["hooks"]["1"]
+    state = torch.load(last_checkpoint(tmp_path) / "trainer.pt", weights_only=True)["hooks"]["CurationHook"]
     switch = state["switch_step"]
     assert state["active"] is False and switch is not None and switch <= 10
     train(AJEST, tmp_path, options=(*options[:2], "train_cfg.max_iters=16"), extra=("--resume",))
-    state = torch.load(last_checkpoint(tmp_path) / "trainer.pt", weights_only=True)["hooks"]["1"]
+    state = torch.load(last_checkpoint(tmp_path) / "trainer.pt", weights_only=True)["hooks"]["CurationHook"]
     assert state["active"] is False and state["switch_step"] == switch
     # Validation resumed where it stopped: no second step-0 point, training time carried on.
     val = [json.loads(line) for line in (tmp_path / "val_loss.jsonl").read_text().splitlines()]
@@ -101,3 +102,15 @@ def test_autoguided_samples_differ_from_unguided(reference, tmp_path):
         assert "Traceback" not in out.stderr
         images[w] = (work / "samples" / "toy_raw_iter_0000002.png").read_bytes()
     assert images[3.0] != images[1.0]
+
+
+def test_curation_and_validation_with_a_second_objective(reference, tmp_path):
+    """Another objective (t and noise, tests/hooks_for_tests.py): the hooks score it through sample_condition and
+    per_example, the step trains at the condition the kept examples were scored at, validation reports its loss."""
+    train(SECOND, tmp_path, options=(f"hooks.0.reference.checkpoint={reference}",))
+    s = scalars(tmp_path)
+    for (_, kept), (_, everything) in zip(s["curation/score_kept"], s["curation/score_all"], strict=True):
+        assert kept > everything
+    assert [v for _, v in s["train/from_curation"]] == [1.0, 1.0, 1.0]  # every batch carried its scored condition
+    val = [json.loads(line) for line in (tmp_path / "val_loss.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in val] == [0, 4, 8, 12] and val[-1]["loss"] < val[0]["loss"]

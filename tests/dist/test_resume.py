@@ -40,6 +40,18 @@ def wait_for_checkpoint(proc: subprocess.Popen, work_dir: Path, step: int, timeo
     raise AssertionError(f"no checkpoint {step} within {timeout} s")
 
 
+def kill9_after_checkpoint(cmd: list[str], work_dir: Path, step: int, log: Path) -> None:
+    """Start `cmd`, wait for its checkpoint `step`, let it run a few more steps (lost, to be redone after a resume)
+    and kill -9 the whole launcher tree."""
+    proc = start(cmd, log)
+    try:
+        wait_for_checkpoint(proc, work_dir, step)
+        time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def final_weights(work_dir: Path) -> dict:
     return export(last_checkpoint(work_dir))
 
@@ -62,13 +74,7 @@ def test_kill9_then_resume_matches_uninterrupted(name, tmp_path, single_referenc
         train(RESUME, reference, nproc=nproc, options=options)
 
     killed = tmp_path / "killed"
-    proc = start(train_cmd(RESUME, killed, nproc, options), tmp_path / "killed.log")
-    try:
-        wait_for_checkpoint(proc, killed, 10)
-        time.sleep(0.3)  # a few steps past the checkpoint: those steps are lost and must be redone
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill9_after_checkpoint(train_cmd(RESUME, killed, nproc, options), killed, 10, tmp_path / "killed.log")
     assert last_checkpoint(killed).name in ("iter_0000010", "iter_0000020")
     out = train(RESUME, killed, nproc=nproc, options=options, extra=("--resume",))
     assert "resumed from" in out.stderr

@@ -19,7 +19,7 @@ def test_edm2_suites_write_consistent_json(tmp_path):
                 "--edm2-rounds", "1", "--edm2-warmup", "1", "--out", str(out)], timeout=120)
     step = json.loads(out.read_text())["edm2_step"]
     assert step["preset"] == "tiny-xxs" and step["batch"] == 1 and step["precision"] == "fp32"
-    assert step["params_M"] == pytest.approx(31.10, rel=1e-3)  # DESIGN.md section 5
+    assert step["params_M"] == pytest.approx(31.10, rel=1e-3)  # the published count
     assert step["ratio"] == pytest.approx(step["trainer_ms_per_step"] / step["bare_ms_per_step"], rel=1e-9)
     assert step["img_per_s"] == pytest.approx(1e3 / step["trainer_ms_per_step"], rel=1e-9)
     assert step["bare_img_per_s"] == pytest.approx(1e3 / step["bare_ms_per_step"], rel=1e-9)

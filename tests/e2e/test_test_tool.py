@@ -76,7 +76,6 @@ def test_one_process_reproduces_the_two_process_eval_hook(trained, tmp_path, cap
 def test_image_evaluators_on_one_and_two_processes(tmp_path):
     """Reference statistics and an evaluation of other images in this process (1 process) equal the evaluation by
     tools/test.py --images on 2 processes against the same statistics (features reduced and gathered over ranks)."""
-    import diffscale.components  # noqa: F401  (fills the registries)
     from diffscale.evaluation.image_sources import open_source
     from diffscale.evaluation.pipeline import build_evaluators, feed, reference_stats, run_evaluation
 

@@ -19,7 +19,8 @@ def run_main(capsys, *argv: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize(("options", "expected"), [
     (["model.net.type=ToyMLPP"], "model.net.type: 'ToyMLPP' is not in the model registry; closest: ToyMLP"),
-    (["model.type=EDMPrecnd"], "model.type: 'EDMPrecnd' is not in the model registry; closest: EDMPrecond, EDM2Precond, EDM2UNet"),
+    (["model.type=EDMPrecnd"],
+     "model.type: 'EDMPrecnd' is not in the model registry; closest: EDMPrecond, EDM2Precond, EDM2UNet"),
     (["train_cfg.max_iters='ten'"], "train_cfg.max_iters: expected int, got str 'ten'"),
     (["train_cfg.max_iters=True"], "train_cfg.max_iters: expected int, got bool True"),
     (["train_cfg.precision=fp8"], "train_cfg.precision: expected one of ('fp32', 'bf16', 'fp16'), got 'fp8'"),

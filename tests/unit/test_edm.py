@@ -27,8 +27,9 @@ def test_loss_matches_edm2_formula_elementwise():
     x, n = torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4)
     sigma = torch.tensor([0.01, 0.1, 0.5, 1.0, 5.0, 40.0])
     D, logvar = torch.randn(6, 3, 4, 4), torch.randn(6)
-    loss_mean = EDMLoss(sigma_data=0.5, reduction="mean").per_example(FixedNet(D, logvar), x, None, sigma, n)
-    loss_sum = EDMLoss(sigma_data=0.5, reduction="sum").per_example(FixedNet(D, logvar), x, None, sigma, n)
+    batch, cond = {"x": x}, {"sigma": sigma, "noise": n}
+    loss_mean = EDMLoss(sigma_data=0.5, reduction="mean").per_example(FixedNet(D, logvar), batch, cond)
+    loss_sum = EDMLoss(sigma_data=0.5, reduction="sum").per_example(FixedNet(D, logvar), batch, cond)
     for i in range(6):
         s, sd = sigma[i].item(), 0.5
         weight = (s * s + sd * sd) / (s * sd) ** 2  # EDM eq. 8 / EDM2: lambda(sigma)
@@ -39,7 +40,8 @@ def test_loss_matches_edm2_formula_elementwise():
 
 def test_noise_distribution_is_lognormal():
     loss = EDMLoss(P_mean=-0.4, P_std=1.0)
-    sigma, noise = loss.sample_noise(torch.zeros(200_000, 2), torch.Generator().manual_seed(1))
+    cond = loss.sample_condition(torch.zeros(200_000, 2), torch.Generator().manual_seed(1))
+    sigma, noise = cond["sigma"], cond["noise"]
     assert sigma.log().mean().item() == pytest.approx(-0.4, abs=0.01)
     assert sigma.log().std().item() == pytest.approx(1.0, abs=0.01)
     assert noise.std().item() == pytest.approx(1.0, abs=0.01)

@@ -59,7 +59,7 @@ def test_edm2_loss_and_its_optimal_logvar(reduction):
     torch.manual_seed(0)
     model = EDM2Precond(Recorder(0.3))
     x, noise, sigma = torch.randn(4, 2, 4, 4), torch.randn(4, 2, 4, 4), torch.tensor([0.1, 0.5, 2.0, 10.0])
-    loss = EDMLoss(reduction=reduction).per_example(model, x, None, sigma, noise)
+    loss = EDMLoss(reduction=reduction).per_example(model, {"x": x}, {"sigma": sigma, "noise": noise})
     D, u = model(x + noise * sigma[:, None, None, None], sigma, None, return_logvar=True)
     lam = (sigma**2 + 0.25) / (sigma * 0.5) ** 2
     per_elem = (lam[:, None] / u.exp()[:, None]) * (D - x).flatten(1) ** 2 + u[:, None]
@@ -69,14 +69,16 @@ def test_edm2_loss_and_its_optimal_logvar(reduction):
     u_star = (lam * (D - x).flatten(1).square().mean(1)).log().detach().requires_grad_()
     fixed = EDM2Precond(Recorder(0.3))
     fixed.forward = lambda *a, **k: (D.detach(), u_star)
-    EDMLoss(reduction=reduction).per_example(fixed, x, None, sigma, noise).sum().backward()
+    EDMLoss(reduction=reduction).per_example(fixed, {"x": x}, {"sigma": sigma, "noise": noise}).sum().backward()
     assert u_star.grad.abs().max() < 1e-4
 
 
 def test_loss_trains_the_logvar_layer():
     model = EDM2Precond(Recorder(0.0))
-    loss = EDMLoss(reduction="sum")(model, {"x": torch.randn(4, 2, 4, 4)}, torch.Generator().manual_seed(0))
-    loss.mean().backward()
+    objective = EDMLoss(reduction="sum")
+    phase = objective.phases(0)[0]
+    out = objective(phase, {"model": model}, {"x": torch.randn(4, 2, 4, 4)}, torch.Generator().manual_seed(0))
+    out.loss.mean().backward()
     assert model.logvar_linear.weight.grad.abs().sum() > 0
 
 

@@ -1,10 +1,9 @@
-"""Every registered component builds from a config dict and round-trips its state (DESIGN.md principle 7).
+"""Every registered component builds from a config dict and round-trips its state (docs/architecture.md, "Conventions").
 A component registered without an entry here fails the test, so new ones cannot slip through untested."""
 
 import pytest
 import torch
 
-import diffscale.components  # noqa: F401
 from diffscale import registry as R
 from diffscale.errors import ConfigError
 from diffscale.utils.dist import DistInfo
@@ -16,8 +15,9 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
               "EDM2UNet": (dict(preset="tiny-xxs", channels=16, channels_per_head=16), {}),
               "EDM2Precond": (dict(net=dict(type="EDM2UNet", preset="tiny-xxs", channels=16, channels_per_head=16)),
                               {})},
-    "objective": {"EDMLoss": ({}, {})},
-    "sampler": {"EDMHeunSampler": (dict(num_steps=4), {})},
+    "objective": {"EDMLoss": ({}, {}), "DMD2Loss": (dict(gen_update_every=3), {}),
+                  "TimeNoiseLoss": ({}, {})},
+    "sampler": {"EDMHeunSampler": (dict(num_steps=4), {}), "OneStepSampler": (dict(sigma_max=5.0), {})},
     "dataset": {"Tree2DStream": ({}, dict(batch_gpu=8, rank=1, seed=3)),
                 "MDSImageStream": (dict(path=None, num_workers=0), dict(batch_gpu=4, rank=1, world_size=2, seed=3))},
     "optimizer": {name: ({"lr": 0.1}, {"params": [torch.nn.Parameter(torch.ones(2))]})
@@ -39,7 +39,7 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
 }
 REGISTRIES = [R.MODELS, R.OBJECTIVES, R.SAMPLERS, R.DATASETS, R.OPTIMIZERS, R.LR_SCHEDULES, R.HOOKS, R.STRATEGIES,
               R.EVALUATORS, R.SELECTORS]
-CASES = [(reg, name) for reg in REGISTRIES for name in sorted(reg.module_dict)]
+CASES = [(reg, name) for reg in REGISTRIES for name in R.names(reg)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +53,7 @@ def _tiny_mds(tmp_path_factory):
 def test_every_registered_component_has_a_contract_entry():
     import tests.hooks_for_tests  # noqa: F401  (its hooks are registered too)
 
-    missing = [(reg.name, name) for reg in REGISTRIES for name in reg.module_dict if name not in ARGS[reg.name]]
+    missing = [(reg.name, name) for reg in REGISTRIES for name in R.names(reg) if name not in ARGS[reg.name]]
     assert not missing
 
 
@@ -95,3 +95,35 @@ def _equal(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return torch.equal(a, b)
     return a == b
+
+
+@pytest.mark.parametrize("package", ["models", "diffusion", "sampling", "selection", "evaluation", "data"])
+def test_importing_a_package_registers_its_components(package):
+    """`import diffscale.<package>` alone registers what it holds (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    registry = {"models": "MODELS", "diffusion": "OBJECTIVES", "sampling": "SAMPLERS", "selection": "SELECTORS",
+                "evaluation": "EVALUATORS", "data": "DATASETS"}[package]
+    code = (f"import diffscale.{package}; from diffscale import registry as R; "
+            f"print(sorted(R.{registry}.module_dict))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() != "[]", out
+
+
+def test_registry_and_config_are_leaves():
+    """Importing the registry or the config module imports no component (nothing registered yet)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, diffscale.config, diffscale.registry as R; "
+            "print(sum(len(r.module_dict) for r in R.ALL), any(m.startswith('diffscale.engine') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "False"], out
+
+
+def test_library_user_builds_after_package_import():
+    import diffscale.models  # noqa: F401
+
+    net = R.MODELS.build(dict(type="EDM2UNet", preset="tiny-xxs", channels=16, channels_per_head=16))
+    assert type(net).__name__ == "EDM2UNet"

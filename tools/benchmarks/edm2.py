@@ -33,7 +33,7 @@ from tools.benchmarks.common import time_steps, trainer_step
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "configs/ajest/edm2_xs_tiny_baseline.py"
-LR_REF = {"tiny-xxs": 0.0170, "tiny-xs": 0.0120}  # the AJEST Tiny ImageNet presets (DESIGN.md section 5)
+LR_REF = {"tiny-xxs": 0.0170, "tiny-xs": 0.0120}  # AJEST Tiny ImageNet presets (schedules/edm2_tiny_2048.py)
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s, from NVIDIA's datasheets; matched as substrings of
 # torch.cuda.get_device_name(), most specific first. `--edm2-peak-tflops` overrides.
 PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
@@ -100,7 +100,7 @@ def bare_step(trainer) -> Callable[[], None]:
     def step() -> None:
         batch = next(trainer.loader)
         with autocast(trainer.precision, device):
-            loss = objective(model, batch, generator).mean()
+            loss = objective.per_example(model, batch, objective.sample_condition(batch["x"], generator)).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -133,18 +133,21 @@ def bench_step(args: argparse.Namespace) -> dict:
         # What the trainer adds to the bare step, timed alone: forced weight normalisation after the optimizer
         # step, and the gradient norm with its finite check (one host sync). On a noisy machine their sum
         # predicts the ratio more steadily than the ratio of two long timings.
-        t["force_wn"] = statistics.median(time_steps(trainer.force_weight_norm, steps) for _ in range(3))
-        grads = [torch.zeros_like(p) for p in trainer.strategy.module.parameters()]
-        check = lambda: trainer.strategy.grad_norm(grads).isfinite().item()
+        module = trainer.strategy.module("model")
+        t["force_wn"] = statistics.median(time_steps(module.force_weight_norm_, steps) for _ in range(3))
+        grads = {"model": [torch.zeros_like(p) for p in module.parameters()]}
+        check = lambda: trainer.strategy.grad_norms(grads).isfinite().all().item()
         t["grad_check"] = statistics.median(time_steps(check, steps) for _ in range(3))
-        ema = ParamEMA(trainer.strategy.param_tensors(), ["pf_0.050", "pf_0.100"])
-        ema_update = lambda: ema.update(trainer.strategy.param_tensors(), {"pf_0.050": 0.99, "pf_0.100": 0.999})
+        params = lambda: trainer.strategy.param_tensors("model")
+        ema = ParamEMA(params(), ["pf_0.050", "pf_0.100"])
+        ema_update = lambda: ema.update(params(), {"pf_0.050": 0.99, "pf_0.100": 0.999})
         t["ema"] = statistics.median(time_steps(ema_update, steps) for _ in range(3))
         trainer.loader.close()
         trainer.writer.close()
     return {
         "preset": args.edm2_preset, "batch": batch, "precision": trainer.precision,
-        "device": trainer.dist.device.type, "threads": torch.get_num_threads(), "params_M": trainer.num_params / 1e6,
+        "device": trainer.dist.device.type, "threads": torch.get_num_threads(),
+        "params_M": trainer.part_summary["model"][1] / 1e6,
         "steps_per_round": steps, "rounds": args.edm2_rounds,
         "trainer_ms_per_step": 1e3 * t["trainer"], "bare_ms_per_step": 1e3 * t["bare"],
         "ratio": t["trainer"] / t["bare"], "target_ratio": 1.05,
@@ -209,7 +212,7 @@ def time_training(preset: str, batch: int, device: torch.device, compile_model: 
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = objective(forward, data, generator).mean()
+            loss = objective.per_example(forward, data, objective.sample_condition(data["x"], generator)).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

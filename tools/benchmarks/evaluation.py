@@ -58,7 +58,6 @@ def _cmmd_kernel_s(device: torch.device, block: int = 2048, dim: int = 768) -> f
 
 
 def _device_figures(device: torch.device, precision: str, batch: int, steps: int, names: list[str]) -> dict:
-    import diffscale.components  # noqa: F401  (fills the registries)
     from diffscale.registry import EVALUATORS, build
 
     tag = f"{device.type}_{precision}"

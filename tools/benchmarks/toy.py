@@ -39,7 +39,8 @@ def bench_trainer(args: argparse.Namespace) -> dict:
     generator = torch.Generator(device).manual_seed(0)
 
     def bare_step() -> None:
-        loss = objective(model, next(loader), generator).mean()
+        batch = next(loader)
+        loss = objective.per_example(model, batch, objective.sample_condition(batch["x"], generator)).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -85,12 +86,12 @@ def bench_ajest(args: argparse.Namespace) -> dict:
     B = curation.B
     x = torch.cat([batch["x"]] * (B // args.batch + 1))[:B]
     labels = torch.cat([batch["label"]] * (B // args.batch + 1))[:B]
-    sigma, noise = base.objective.sample_noise(x, base.generator)
+    cond = base.objective.sample_condition(x, base.generator)
 
     def fwd(model):
         def run() -> None:
             with torch.no_grad():
-                base.objective.per_example(model, x, labels, sigma, noise)
+                base.objective.per_example(model, {"x": x, "label": labels}, cond)
         return run
 
     # The selection alone, on losses of the super-batch's size, as the hook calls it.
@@ -98,7 +99,7 @@ def bench_ajest(args: argparse.Namespace) -> dict:
     select = lambda: curation.selector(learner_loss, ref_loss, args.batch, base.generator)  # noqa: E731
 
     timings = {"base": [], "ajest": [], "fwd_learner": [], "fwd_ref": [], "select": []}
-    fns = {"base": base_step, "ajest": ajest_step, "fwd_learner": fwd(base.strategy.model),
+    fns = {"base": base_step, "ajest": ajest_step, "fwd_learner": fwd(base.strategy.module("model")),
            "fwd_ref": fwd(curation.ref), "select": select}
     for fn in fns.values():
         time_steps(fn, args.warmup)

@@ -1,13 +1,36 @@
-"""Hook events (DESIGN.md §3). A hook observes the loop or changes one named thing; hooks never call
-each other. `before_step` runs on every micro-batch before its forward."""
+"""Hook events (docs/architecture.md, "Hooks"). A hook observes the loop or changes one named thing; hooks never
+call each other. `before_step` runs on every micro-batch before its forward.
+
+Every hook has a `name`, unique in a run (a config entry's `name=`, else the hook's default): its state in a
+checkpoint and its EMA averages are keyed by it, so inserting or reordering hooks loads nothing into the wrong one.
+"""
 
 import torch
 
 
+def every(step: int, interval: int, max_iters: int | None = None) -> bool:
+    """True at steps interval, 2 interval, ... (`interval` <= 0: never) and, when `max_iters` is given, at the last
+    step. The one schedule rule of every periodic hook (steps count from 1 after the first optimizer step)."""
+    return (interval > 0 and step % interval == 0) or (max_iters is not None and step == max_iters)
+
+
 class Hook:
     trainer = None  # set in before_run
-    # Parameter-shaped tensors ({key: {param name: local tensor}}) the strategy must shard and save.
+    # Parameter-shaped tensors ({average name: {param name: local tensor}}) of part `mirror_part`, which the
+    # strategy shards, saves and gathers like that part's parameters.
     param_mirrors: dict[str, dict[str, torch.Tensor]] = {}
+    mirror_part: str | None = None
+
+    @property
+    def name(self) -> str:
+        return getattr(self, "_name", None) or self.default_name()
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
+    def default_name(self) -> str:
+        return type(self).__name__
 
     def before_run(self, trainer) -> None:
         self.trainer = trainer

@@ -1,6 +1,7 @@
-"""CheckpointHook: save every `interval` steps and at the end of the run (the trainer does the writing)."""
+"""CheckpointHook: save every `interval` steps, at the end of the run, and when a hook asks for this step's
+checkpoint (`trainer.checkpoint_requested`, e.g. EvalHook keeping best/); the trainer does the writing."""
 
-from diffscale.engine.hooks.base import Hook
+from diffscale.engine.hooks.base import Hook, every
 from diffscale.registry import HOOKS
 
 
@@ -10,6 +11,6 @@ class CheckpointHook(Hook):
         self.interval, self.keep = interval, keep
 
     def after_step(self, metrics: dict) -> None:
-        step = self.trainer.step
-        if step % self.interval == 0 or step == self.trainer.max_iters:
-            self.trainer.save_checkpoint(keep=self.keep)
+        trainer = self.trainer
+        if every(trainer.step, self.interval, trainer.max_iters) or trainer.checkpoint_requested:
+            trainer.save_checkpoint(keep=self.keep)

@@ -1,8 +1,9 @@
 """CurationHook: online data selection (JEST / AJEST / Early AJEST / random) before every micro-batch.
 
 The loader yields a super-batch of B = b / (1 - filter_ratio) per device. The learner and the frozen
-reference score every example on the same sigma and noise, without gradients and in the run's precision;
-the selector keeps b; the step trains on those b at the sigma and noise they were scored at. Cost per
+reference score every example on the same noise (the objective's `sample_condition`: EDM's sigma and noise),
+without gradients and in the run's precision;
+the selector keeps b; the step trains on those b at the condition they were scored at (batch['cond']). Cost per
 micro-batch: two forward passes over B plus one ordinary step over b.
 
 scope='local' selects per device (as the AJEST work); scope='global' all-gathers the losses and the
@@ -20,7 +21,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from diffscale.engine.hooks.base import Hook
+from diffscale.diffusion.base import index_batch
+from diffscale.engine.hooks.base import Hook, every
 from diffscale.engine.precision import autocast
 from diffscale.engine.reference import load_frozen
 from diffscale.errors import ConfigError
@@ -34,6 +36,12 @@ def _gather(t: torch.Tensor, world_size: int) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(world_size)]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
+
+
+def _gather_batch(batch: dict, world_size: int) -> dict:
+    """Every rank's examples of a batch (tensors [B, ...] or dicts of them, as the condition is), concatenated."""
+    return {k: _gather_batch(v, world_size) if isinstance(v, dict) else _gather(v, world_size)
+            for k, v in batch.items()}
 
 
 @HOOKS.register_module()
@@ -71,12 +79,13 @@ class CurationHook(Hook):
         self.b = trainer.batch_gpu
         self.B = round(self.b / (1 - self.filter_ratio))
         self.device, self.world = trainer.dist.device, trainer.dist.world_size
-        self.num_classes = int(getattr(trainer.strategy.module, "label_dim", 0)) or 1  # for class shares kept
+        self.part = trainer.objective.score_part  # the learner: the part the objective's per_example scores
+        self.num_classes = int(getattr(trainer.strategy.module(self.part), "label_dim", 0)) or 1  # class shares
         self.ref = None
         if self.reference_cfg is not None:
             cfg = dict(self.reference_cfg)
             self.ref = load_frozen(cfg["model"], cfg["checkpoint"], cfg.get("ema"), self.device,
-                                   "CurationHook.reference")
+                                   "CurationHook.reference", part=cfg.get("part"))
         self.generator = torch.Generator(self.device).manual_seed(self.seed)
         self.stats = self._zero_stats()
         self.score_seconds, self.select_seconds = 0.0, 0.0
@@ -105,21 +114,20 @@ class CurationHook(Hook):
             return batch
         trainer = self.trainer
         t0 = time.perf_counter()
-        x, labels = batch["x"], batch.get("label")
-        sigma, noise = trainer.objective.sample_noise(x, trainer.generator)
+        objective, x = trainer.objective, batch["x"]
+        cond = objective.sample_condition(x, trainer.generator)
         with torch.no_grad(), autocast(trainer.precision, self.device):
-            learner = trainer.objective.per_example(trainer.strategy.model, x, labels, sigma, noise).float()
-            ref = None
-            if self.ref is not None:
-                ref = trainer.objective.per_example(self.ref, x, labels, sigma, noise).float()
-        if self.per_element and getattr(trainer.objective, "reduction", "mean") == "sum":
-            n = x[0].numel()
+            learner = objective.per_example(trainer.strategy.module(self.part), batch, cond).float()
+            ref = None if self.ref is None else objective.per_example(self.ref, batch, cond).float()
+        elements = getattr(objective, "elements_per_score", None)
+        if self.per_element and elements is not None and elements(x) != 1:
+            n = elements(x)
             learner, ref = learner / n, None if ref is None else ref / n
         t1 = time.perf_counter()
-        full = dict(batch, sigma=sigma, noise=noise)
+        full = dict(batch, cond=cond)
         if self.scope == "global" and self.world > 1:
             learner, ref = _gather(learner, self.world), None if ref is None else _gather(ref, self.world)
-            full = {k: _gather(v, self.world) for k, v in full.items()}
+            full = _gather_batch(full, self.world)
             idx = self.selector(learner, ref, self.b * self.world, self.generator)
             idx = idx[trainer.dist.rank * self.b: (trainer.dist.rank + 1) * self.b]  # this rank's share
         else:
@@ -127,7 +135,7 @@ class CurationHook(Hook):
         self.score_seconds += t1 - t0
         self.select_seconds += time.perf_counter() - t1
         self._account(learner, ref, idx, full.get("label"))
-        return {k: v[idx] for k, v in full.items()}
+        return index_batch(full, idx)
 
     def _zero_stats(self) -> dict:
         return {"learner": torch.zeros((), device=self.device), "ref": torch.zeros((), device=self.device),
@@ -158,9 +166,9 @@ class CurationHook(Hook):
             pair = pair / self.world
             m = self.early["momentum"]
             self.running = pair if self.running is None else m * self.running + (1 - m) * pair
-            if trainer.step % self.early["check_interval"] == 0:
+            if every(trainer.step, self.early["check_interval"]):
                 self._check_switch()
-        if trainer.step % self.log_interval == 0 or not self.active:
+        if every(trainer.step, self.log_interval) or not self.active:
             self._log()
 
     def _check_switch(self) -> None:

@@ -14,39 +14,26 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from diffscale.engine import checkpoint as ckpt
-from diffscale.engine.hooks.base import Hook
+from diffscale.engine.hooks.base import Hook, every
+from diffscale.engine.hooks.nets import part_copy
 from diffscale.errors import ConfigError
 from diffscale.evaluation.pipeline import (
     build_evaluators,
     build_guide,
     check_inputs,
     load_ref,
+    part_model_cfg,
     run_evaluation,
+    sampling_parts,
     test_settings,
 )
 from diffscale.registry import HOOKS, MODELS, SAMPLERS, build
-from diffscale.sampling.generate import generate, sample_shape
+from diffscale.sampling.generate import generate, sample_shape, unconditional
 from diffscale.sampling.guidance import guided
-from diffscale.utils.dist import broadcast_object, is_dist
 
 log = logging.getLogger("diffscale")
 HIGHER_IS_BETTER = ("_acc", "accuracy", "support_share")  # metric-name endings; everything else: lower is better
-
-
-def broadcast_state(state: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, torch.Tensor]:
-    """Rank 0's `state` (None elsewhere) on every rank, on `device`, one tensor broadcast each. Collective."""
-    meta = broadcast_object([(k, tuple(v.shape), v.dtype) for k, v in state.items()] if state is not None else None)
-    out = {}
-    for name, shape, dtype in meta:
-        t = state[name].to(device) if state is not None else torch.empty(shape, dtype=dtype, device=device)
-        if is_dist():
-            dist.broadcast(t, src=0)
-        out[name] = t
-    return out
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -114,16 +101,19 @@ class EvalHook(Hook):
         self.evaluators = build_evaluators(self.evaluator_cfgs or trainer.cfg.evaluators, device, "EvalHook.evaluators")
         self.ref_stats = load_ref(self.settings["ref"], self.evaluators)
         self.sampler = build(SAMPLERS, self.settings["sampler"], "test_cfg.sampler")
-        self.model = build(MODELS, trainer.cfg.model, "model").to(device).eval().requires_grad_(False)
-        self.num_classes = int(getattr(self.model, "label_dim", 0))
+        self.part, decoder = sampling_parts(trainer.cfg, self.settings)
+        probe = build(MODELS, part_model_cfg(trainer.cfg, self.part), "test_cfg.part")  # shapes and classes only
+        self.num_classes = int(getattr(probe, "label_dim", 0))
         check_inputs(self.evaluators, self.settings["images"], self.num_classes > 0)
-        self.shape = sample_shape(self.model, self.settings["shape"])
-        self.guide = build_guide(self.settings["guide"], self.model, device)  # 'cfg' wraps self.model
+        self.shape = sample_shape(probe, self.settings["shape"])
+        guide = self.settings["guide"]
+        self.guide = build_guide(guide, None, device) if isinstance(guide, dict) else None  # 'cfg': per evaluation
+        # The decoder is frozen: one copy for the run on every rank (collective).
+        self.decoder = part_copy(trainer, decoder, None, device, all_ranks=True) if decoder else None
 
     def after_step(self, metrics: dict) -> None:
         self._publish_pending()
-        step = self.trainer.step
-        if step % self.interval == 0 or step == self.trainer.max_iters:
+        if every(self.trainer.step, self.interval, self.trainer.max_iters):
             self.evaluate()
 
     def after_run(self) -> None:
@@ -132,12 +122,13 @@ class EvalHook(Hook):
     def evaluate(self) -> dict[str, float]:
         """One evaluation of the current weights (the average test_cfg.ema). Collective."""
         trainer, s = self.trainer, self.settings
-        state = trainer.consolidated_state(s["ema"])
-        self.model.load_state_dict(broadcast_state(state, trainer.dist.device))
-        batches = generate(self.model, self.sampler, s["num"], s["batch_gpu"], self.shape, guide=self.guide,
+        net = part_copy(trainer, self.part, s["ema"], trainer.dist.device, all_ranks=True)
+        guide = unconditional(net) if s["guide"] == "cfg" else self.guide
+        batches = generate(net, self.sampler, s["num"], s["batch_gpu"], self.shape, guide=guide,
                            num_classes=self.num_classes, seed=s["seed"], rank=trainer.dist.rank,
-                           world_size=trainer.dist.world_size, device=trainer.dist.device, images=s["images"])
-        denoiser = guided(self.model, self.guide, getattr(self.sampler, "guidance", 1.0))
+                           world_size=trainer.dist.world_size, device=trainer.dist.device, images=s["images"],
+                           decoder=self.decoder)
+        denoiser = guided(net, guide, getattr(self.sampler, "guidance", 1.0))
         result = run_evaluation(self.evaluators, batches, self.ref_stats, denoiser)
         values = result["metrics"]
         if trainer.dist.is_main:
@@ -160,9 +151,7 @@ class EvalHook(Hook):
         if not better:
             return
         self.best_value, self.best_step, self.pending_step = value, trainer.step, trainer.step
-        interval = trainer.cfg.checkpoint.interval
-        if trainer.step % interval != 0 and trainer.step != trainer.max_iters:
-            trainer.save_checkpoint(keep=trainer.cfg.checkpoint.keep)  # CheckpointHook will not save this step
+        trainer.checkpoint_requested = True  # CheckpointHook (it runs last) saves this step's checkpoint
 
     def _publish_pending(self) -> None:
         """Runs before the checkpoint hook of the next step (or at the end), when the best step's checkpoint is

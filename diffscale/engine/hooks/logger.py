@@ -10,7 +10,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from diffscale.engine.hooks.base import Hook
+from diffscale.engine.hooks.base import Hook, every
 from diffscale.registry import HOOKS
 
 log = logging.getLogger("diffscale")
@@ -33,6 +33,20 @@ class LoggerHook(Hook):
         self.bar: tqdm | None = None
         self.t0: float | None = None
         self.window: list[dict] = []
+        self.lrs: dict[str, float] = {}  # the last lr of each part
+
+    @staticmethod
+    def _values(metrics: dict) -> dict[str, torch.Tensor]:
+        """This iteration's device values by TensorBoard tag: `loss/<phase>`, `grad_norm/<part>`, the objective's
+        `<phase>/<name>`, and train/loss, train/grad_norm of the phase the iteration ends with (the only one of a
+        one-part run)."""
+        values = {}
+        for name, phase in metrics["phases"].items():
+            values[f"loss/{name}"] = phase["loss"]
+            values.update({f"grad_norm/{part}": norm for part, norm in phase["grad_norms"].items()})
+            values.update({f"{name}/{key}": v for key, v in phase["logs"].items()})
+            values["train/loss"], values["train/grad_norm"] = phase["loss"], phase["grad_norm"]
+        return values
 
     def after_step(self, metrics: dict) -> None:
         trainer = self.trainer
@@ -42,28 +56,36 @@ class LoggerHook(Hook):
             self.bar = tqdm(total=trainer.max_iters, initial=trainer.step - 1, disable=not trainer.dist.is_main,
                             dynamic_ncols=True, mininterval=1.0, desc="train")
         self.bar.update(1)
-        self.window.append(metrics)
-        if trainer.step % self.interval and trainer.step != trainer.max_iters:
+        self.window.append(self._values(metrics))
+        self.lrs.update(metrics["lrs"])
+        if not every(trainer.step, self.interval, trainer.max_iters):
             return
-        losses = torch.stack([m["loss"] for m in self.window]).float()
-        norms = torch.stack([m["grad_norm"].float().cpu() for m in self.window])
+        tags = list(dict.fromkeys(tag for values in self.window for tag in values))
+        # One host read per log step: every tag's window mean (NaN where a phase skipped a non-finite step).
+        means = torch.stack([torch.stack([v[tag].float().cpu() for v in self.window if tag in v]).nanmean()
+                             for tag in tags]).tolist()
+        averaged = dict(zip(tags, means, strict=True))
         elapsed = time.perf_counter() - self.t0
         scalars = {
-            "train/loss": losses.nanmean().item(),
-            "train/grad_norm": norms.nanmean().item(),
+            "train/loss": averaged.pop("train/loss"),
+            "train/grad_norm": averaged.pop("train/grad_norm"),
             "train/lr": metrics["lr"],
             "train/img_per_s": (trainer.nimg - self.nimg0) / max(elapsed, 1e-9),
             "train/peak_memory_mib": peak_memory_mib(trainer.dist.device),
             "train/skipped_steps": float(trainer.skipped_steps),
         }
+        scalars.update(averaged)
+        scalars.update({f"lr/{part}": lr for part, lr in self.lrs.items()})
         self.window, self.t0, self.nimg0 = [], time.perf_counter(), trainer.nimg
         if not trainer.dist.is_main:
             return
         for key, value in scalars.items():
             trainer.writer.add_scalar(key, value, trainer.step)
         self.bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", img_s=f"{scalars['train/img_per_s']:.0f}")
-        log.info("step %d/%d  " + "  ".join(f"{k.split('/')[1]} %.5g" for k in scalars), trainer.step,
-                 trainer.max_iters, *scalars.values())
+        shown = list(scalars)[:6] + [k for k in averaged if len(metrics["phases"]) > 1 or len(self.lrs) > 1]
+        log.info("step %d/%d  " + "  ".join(f"{k.split('/', 1)[1] if k.startswith('train/') else k} %.5g"
+                                           for k in shown), trainer.step, trainer.max_iters,
+                 *(scalars[k] for k in shown))
 
     def after_run(self) -> None:
         if self.bar is not None:

@@ -10,9 +10,10 @@ import logging
 import torch
 from torchvision.utils import make_grid, save_image
 
-from diffscale.engine.hooks.base import Hook
-from diffscale.engine.reference import load_frozen
-from diffscale.registry import HOOKS, MODELS, SAMPLERS, build
+from diffscale.engine.hooks.base import Hook, every
+from diffscale.engine.hooks.nets import part_copy
+from diffscale.evaluation.pipeline import build_guide, sampling_parts, test_settings
+from diffscale.registry import HOOKS, SAMPLERS, build
 from diffscale.sampling.generate import generate, sample_shape, unconditional
 
 log = logging.getLogger("diffscale")
@@ -34,27 +35,31 @@ class SampleHook(Hook):
         interval: int = 0,  # steps between grids; 0: only at the end of training
         num: int = 64,  # samples in the grid (classes 0, 1, 2, ... in order)
         ema: str | None = None,  # the average to sample (an EMAHook key such as 'pf_0.100'); None: raw weights
+        part: str | None = None,  # the part that samples; None: test_cfg.part, else the run's only part
         sampler: dict | None = None,  # a SAMPLERS config; its `guidance` weights `guide`
         guide: str | dict | None = None,  # None; 'cfg' (the same net without labels); dict(model, checkpoint, ema)
         seed: int = 0,  # sample i starts from noise seeded seed + i
         nrow: int = 8,  # images per grid row
     ):
         self.interval, self.num, self.ema, self.seed, self.nrow = interval, num, ema, seed, nrow
+        self.part_name = part
         self.sampler_cfg = sampler or dict(type="EDMHeunSampler", num_steps=32)
         self.guide_cfg = guide
 
     def before_run(self, trainer) -> None:
         super().before_run(trainer)
         self.sampler = build(SAMPLERS, self.sampler_cfg, "SampleHook.sampler")
+        settings = test_settings(trainer.cfg, part=self.part_name)
+        self.part, decoder = sampling_parts(trainer.cfg, settings)
         self.guide = None
         if isinstance(self.guide_cfg, dict) and trainer.dist.is_main:  # fail at start-up, not at the first grid
-            g = dict(self.guide_cfg)
-            self.guide = load_frozen(g["model"], g["checkpoint"], g.get("ema"), trainer.dist.device,
-                                     "SampleHook.guide")
+            self.guide = build_guide(self.guide_cfg, None, trainer.dist.device, "SampleHook.guide")
+        # The decoder is frozen: one copy for the run (collective, so FSDP2 / ZeRO-3 shards are gathered).
+        self.decoder = part_copy(trainer, decoder, None, trainer.dist.device) if decoder else None
 
     def after_step(self, metrics: dict) -> None:
         step = self.trainer.step
-        if self.interval and step % self.interval == 0 and step != self.trainer.max_iters:
+        if every(step, self.interval) and step != self.trainer.max_iters:  # the last grid comes from after_run
             self.sample()
 
     def after_run(self) -> None:
@@ -62,16 +67,14 @@ class SampleHook(Hook):
 
     def sample(self) -> None:
         trainer = self.trainer
-        state = trainer.consolidated_state(self.ema)  # collective: every rank takes part
+        device = trainer.dist.device
+        net = part_copy(trainer, self.part, self.ema, device)  # collective: every rank takes part
         if not trainer.dist.is_main:
             return
-        device = trainer.dist.device
-        net = build(MODELS, trainer.cfg.model, "model").to(device).eval()
-        net.load_state_dict(state, strict=False)  # fixed buffers (Fourier features) are rebuilt, not stored
         guide = unconditional(net) if self.guide_cfg == "cfg" else self.guide
         batches = generate(net, self.sampler, self.num, self.num, sample_shape(net, None), guide=guide,
                            num_classes=int(getattr(net, "label_dim", 0)), seed=self.seed, device=device,
-                           images=False)
+                           images=False, decoder=self.decoder)
         samples = torch.cat([b.samples for b in batches]).cpu()
         grid = make_grid(preview(samples), nrow=self.nrow, padding=1)
         path = trainer.work_dir / "samples" / f"grid_{self.ema or 'raw'}_iter_{trainer.step:07d}.png"

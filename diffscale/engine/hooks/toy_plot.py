@@ -5,11 +5,12 @@ import json
 import torch
 
 from diffscale.data.toy import tree_mixture
-from diffscale.engine.hooks.base import Hook
-from diffscale.engine.reference import load_frozen
+from diffscale.engine.hooks.base import Hook, every
+from diffscale.engine.hooks.nets import part_copy
+from diffscale.evaluation.pipeline import build_guide, sampling_parts, test_settings
 from diffscale.evaluation.toy_metrics import toy_metrics
 from diffscale.evaluation.toy_plot import plot_samples
-from diffscale.registry import HOOKS, MODELS, SAMPLERS, build
+from diffscale.registry import HOOKS, SAMPLERS, build
 
 
 @HOOKS.register_module()
@@ -21,11 +22,14 @@ class ToyPlotHook(Hook):
 
     `metrics=True` also computes the toy metrics (evaluation/toy_metrics.py) of each variant, without
     guidance and, with a guide, at the sampler's guidance weight; they go to TensorBoard (`toy/<variant>/...`)
-    and to work_dir/toy_metrics.json."""
+    and to work_dir/toy_metrics.json. `part`: the part that samples (None: test_cfg.part, else the only part;
+    a DMD2 run plots its one-step generator with sampler OneStepSampler)."""
 
     def __init__(self, interval: int = 0, num_samples: int = 4096, sampler: dict | None = None,
-                 ema: str | None = "pf_0.100", seed: int = 0, guide: dict | None = None, metrics: bool = False):
+                 ema: str | None = "pf_0.100", seed: int = 0, guide: dict | None = None, metrics: bool = False,
+                 part: str | None = None):
         self.interval, self.num_samples, self.ema, self.seed = interval, num_samples, ema, seed
+        self.part_name = part
         self.sampler_cfg = sampler or dict(type="EDMHeunSampler", num_steps=32, sigma_max=5.0)
         self.guide_cfg, self.metrics = guide, metrics
 
@@ -33,14 +37,14 @@ class ToyPlotHook(Hook):
         super().before_run(trainer)
         self.mixture = tree_mixture()
         self.sampler = build(SAMPLERS, self.sampler_cfg, "ToyPlotHook.sampler")
+        self.part = sampling_parts(trainer.cfg, test_settings(trainer.cfg, part=self.part_name))[0]
         self.guide = None
         if self.guide_cfg is not None and trainer.dist.is_main:
-            g = dict(self.guide_cfg)
-            self.guide = load_frozen(g["model"], g["checkpoint"], g.get("ema"), torch.device("cpu"),
-                                     "ToyPlotHook.guide")
+            self.guide = build_guide(self.guide_cfg, None, torch.device("cpu"), "ToyPlotHook.guide")
 
     def after_step(self, metrics: dict) -> None:
-        if self.interval and self.trainer.step % self.interval == 0 and self.trainer.step != self.trainer.max_iters:
+        step = self.trainer.step
+        if every(step, self.interval) and step != self.trainer.max_iters:  # the last plot comes from after_run
             self.plot()
 
     def after_run(self) -> None:
@@ -48,17 +52,16 @@ class ToyPlotHook(Hook):
 
     def plot(self) -> None:
         trainer = self.trainer
-        variants = {"raw": trainer.consolidated_state(None)}  # collective: every rank takes part
+        cpu = torch.device("cpu")
+        variants = {"raw": part_copy(trainer, self.part, None, cpu)}  # collective: every rank takes part
         if self.ema is not None:
-            variants[self.ema] = trainer.consolidated_state(self.ema)
+            variants[self.ema] = part_copy(trainer, self.part, self.ema, cpu)
         if not trainer.dist.is_main:
             return
         gen = torch.Generator().manual_seed(self.seed)
         labels = torch.arange(self.num_samples) % 2
         noise = torch.randn(self.num_samples, 2, generator=gen)
-        for name, state in variants.items():
-            net = build(MODELS, trainer.cfg.model, "model").eval()
-            net.load_state_dict(state, strict=False)
+        for name, net in variants.items():
             samples = self.sampler(net, noise, labels, guide=self.guide)
             path = trainer.work_dir / "samples" / f"toy_{name}_iter_{trainer.step:07d}.png"
             image = plot_samples(self.mixture, samples, labels, path, title=f"{name}, step {trainer.step}")

@@ -1,5 +1,6 @@
 """PyTorch FSDP2: `fully_shard` on every block, then on the root (torchtitan's order), with a mixed-precision
-policy. Checkpoints use torch.distributed.checkpoint (DCP), so a run saved on N ranks resumes on M."""
+policy, for every part (frozen ones too: their weights are sharded, they have no optimizer). Checkpoints use
+torch.distributed.checkpoint (DCP), one state for all parts, so a run saved on N ranks resumes on M."""
 
 import contextlib
 from pathlib import Path
@@ -12,14 +13,16 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from diffscale.engine.parts import Part
 from diffscale.engine.precision import DTYPES
-from diffscale.engine.strategies.base import TorchStrategy
+from diffscale.engine.strategies.base import Mirrors, TorchStrategy
 from diffscale.registry import STRATEGIES
 
 
@@ -37,64 +40,79 @@ class FSDPStrategy(TorchStrategy):
     def __init__(self, dist_info, precision: str, reshard_after_forward: bool = True, **_ignored):
         super().__init__(dist_info, precision)
         self.reshard_after_forward = reshard_after_forward
+        self.mesh = None
 
-    def wrap(self, module: nn.Module) -> nn.Module:
-        mesh = init_device_mesh(self.dist.device.type, (self.dist.world_size,))
-        dtype = DTYPES[self.precision]
+    def wrap(self, module: nn.Module, part: Part) -> nn.Module:
+        if self.mesh is None:
+            self.mesh = init_device_mesh(self.dist.device.type, (self.dist.world_size,))
         # Compute in the run's precision; reduce gradients in fp32 so accumulation does not lose bits.
-        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        policy = MixedPrecisionPolicy(param_dtype=DTYPES[self.precision], reduce_dtype=torch.float32)
+        kw = dict(mesh=self.mesh, mp_policy=policy, reshard_after_forward=self.reshard_after_forward)
         for unit in shard_units(module):
-            fully_shard(unit, mesh=mesh, mp_policy=policy, reshard_after_forward=self.reshard_after_forward)
-        fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=self.reshard_after_forward)
+            fully_shard(unit, **kw)
+        fully_shard(module, **kw)
         return module
 
-    def micro_step_context(self, is_last: bool):
-        self.module.set_requires_gradient_sync(is_last)  # reduce-scatter once, on the last micro-batch
+    def micro_step_context(self, update: tuple[str, ...], is_last: bool) -> contextlib.AbstractContextManager:
+        for name in update:
+            self.modules[name].set_requires_gradient_sync(is_last)  # reduce-scatter once, on the last micro-batch
         return contextlib.nullcontext()
 
-    def local_grads(self) -> list[torch.Tensor]:
-        return [p.grad.to_local() for p in self.module.parameters() if p.grad is not None]
+    def local_grads(self, part: str) -> list[torch.Tensor]:
+        return [p.grad.to_local() for p in self.modules[part].parameters() if p.grad is not None]
 
-    def grad_norm(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        # Shards are disjoint: the global squared norm is the sum of the local ones.
-        sq = torch.stack(torch._foreach_norm(grads)).float().square().sum() if grads else torch.zeros(())
-        sq = sq.to(self.dist.device)
+    def grad_norms(self, grads: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+        # Shards are disjoint: the global squared norm is the sum of the local ones; one all-reduce for all parts.
+        sq = torch.stack([torch.stack(torch._foreach_norm(g)).float().square().sum() if g else torch.zeros(())
+                          for g in grads.values()]).to(self.dist.device)
         dist.all_reduce(sq)
         return sq.sqrt()
 
-    def param_tensors(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().to_local() for n, p in self.module.named_parameters() if p.requires_grad}
+    def param_tensors(self, part: str) -> dict[str, torch.Tensor]:
+        return {n: p.detach().to_local() for n, p in self.modules[part].named_parameters() if p.requires_grad}
 
-    def _as_dtensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, DTensor]:
-        params = dict(self.module.named_parameters())
+    def _as_dtensors(self, part: str, tensors: dict[str, torch.Tensor]) -> dict[str, DTensor]:
+        params = dict(self.modules[part].named_parameters())
         return {
             n: DTensor.from_local(t, params[n].device_mesh, params[n].placements, run_check=False,
                                   shape=params[n].shape, stride=params[n].stride())
             for n, t in tensors.items()
         }
 
-    def gather_full(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-        full = {n: d.full_tensor().cpu() for n, d in self._as_dtensors(tensors).items()}
+    def gather_full(self, part: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        full = {n: d.full_tensor().cpu() for n, d in self._as_dtensors(part, tensors).items()}
         return full if self.dist.is_main else None
 
-    def full_model_state(self) -> dict[str, torch.Tensor] | None:
-        state = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    def full_state(self, part: str) -> dict[str, torch.Tensor] | None:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(self.modules[part], options=options)
         return state if self.dist.is_main else None
 
-    def _state(self, mirrors: dict[str, dict[str, torch.Tensor]]) -> dict:
-        model_state, optim_state = get_state_dict(self.module, self.optimizer)
-        return {"model": model_state, "optimizer": optim_state,
-                "mirrors": {k: self._as_dtensors(v) for k, v in mirrors.items()}}
+    def _state(self, mirrors: Mirrors) -> dict:
+        state = {}
+        for name, module in self.modules.items():
+            if name in self.optimizers:
+                model_state, optim_state = get_state_dict(module, self.optimizers[name])
+                entry = {"model": model_state, "optimizer": optim_state}
+            else:
+                entry = {"model": get_model_state_dict(module)}
+            entry["mirrors"] = {k: self._as_dtensors(name, v) for k, v in mirrors.get(name, {}).items()}
+            state[name] = entry
+        return state
 
-    def save(self, ckpt_dir: Path, mirrors: dict[str, dict[str, torch.Tensor]]) -> None:
+    def save(self, ckpt_dir: Path, mirrors: Mirrors) -> None:
         dcp.save(self._state(mirrors), checkpoint_id=str(ckpt_dir / "dcp"))
 
-    def load(self, ckpt_dir: Path, mirrors: dict[str, dict[str, torch.Tensor]]) -> None:
+    def load(self, ckpt_dir: Path, mirrors: Mirrors) -> None:
         state = self._state(mirrors)
         dcp.load(state, checkpoint_id=str(ckpt_dir / "dcp"))  # reshards to this world size
-        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"])
-        for key, tensors in mirrors.items():
-            for name, tensor in tensors.items():
-                tensor.copy_(state["mirrors"][key][name].to_local())
-
+        for name, module in self.modules.items():
+            entry = state[name]
+            if name in self.optimizers:
+                set_state_dict(module, self.optimizers[name], model_state_dict=entry["model"],
+                               optim_state_dict=entry["optimizer"])
+            else:
+                set_model_state_dict(module, entry["model"])
+            for key, tensors in mirrors.get(name, {}).items():
+                for param, tensor in tensors.items():
+                    tensor.copy_(entry["mirrors"][key][param].to_local())

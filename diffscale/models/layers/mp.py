@@ -76,8 +76,9 @@ class MPConv(nn.Module):
 
     def forward(self, x: torch.Tensor, gain: float | torch.Tensor = 1.0) -> torch.Tensor:
         if self.training and self.force_wn:
-            # Forced weight normalisation (eq. 66) as in EDM2. Right only where this parameter is the master
-            # copy (one process, DDP): see disable_forward_wn_if_sharded_.
+            # Forced weight normalisation (eq. 66) as in EDM2, for a model trained outside our trainer. Right only
+            # where this parameter is the master copy (a plain module): under FSDP2 / ZeRO the forward sees gathered
+            # copies. The trainer turns this off and runs force_weight_norm_ as a post-step function instead.
             with torch.no_grad():
                 self.weight.copy_(normalize(self.weight.float()).to(self.weight.dtype))
         w = normalize(self.weight.float())  # traditional weight normalisation: a pure function of the weight
@@ -88,40 +89,17 @@ class MPConv(nn.Module):
         return nn.functional.conv2d(x, w, padding=w.shape[-1] // 2)
 
 
-def disable_forward_wn_if_sharded_(module: nn.Module) -> bool:
-    """Turn off the in-forward forced normalisation of every MPConv in `module` when FSDP2 (an FSDPModule
-    inside) or ZeRO-3 (parameters with `ds_id`) manage its parameters; returns True if it did.
-
-    There the forward sees gathered copies: the renormalisation is lost after the forward, and the backward
-    (which re-gathers the un-normalised shards for resharded blocks) then differs from the forward, so
-    gradients would depend on the resharding. With it off the forward is a pure function of the shards and
-    every strategy computes the same gradient; forced normalisation then needs `force_weight_norm_` after
-    each optimizer step. (ZeRO-1/2 cannot be told apart from a plain module: there the renormalisation lands on
-    DeepSpeed's working copy, forward and backward agree, and the next step overwrites it from the master.)
-    """
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.fsdp import FSDPModule
-
-    sharded = any(isinstance(m, FSDPModule) for m in module.modules()) or any(
-        hasattr(p, "ds_id") for p in module.parameters())
-    if sharded:
-        for m in module.modules():
-            if isinstance(m, MPConv):
-                m.force_wn = False
-    return sharded
-
-
 @torch.no_grad()
 def force_weight_norm_(module: nn.Module) -> int:
     """Renormalise every MPConv weight of `module` in place (EDM2 eq. 66); returns how many tensors it touched.
 
-    Call it after each optimizer step on the model the optimizer updates (the trainer does); it also turns off
-    the in-forward renormalisation, which would repeat the same work. Plain parameters (one process, DDP)
-    and FSDP2 DTensors sharded on dim 0 (each rank holds whole output channels, so the per-row norm is
-    local) are normalised exactly. ZeRO partitions flatten rows across ranks and keep the fp32 master
-    inside the optimizer, so this cannot reach them: under DeepSpeed EDM2 trains with traditional weight
-    normalisation only.
+    The trainer hands it to the strategy as a post-step function (`Strategy.post_step`): once on the plain module
+    before wrapping, then after each optimizer step on the weights the optimizer updates. It also turns off the
+    in-forward renormalisation, which would repeat the same work (and be wrong on gathered copies). Plain
+    parameters (one process, DDP) and FSDP2 DTensors sharded on dim 0 (each rank holds whole output channels, so
+    the per-row norm is local) are normalised exactly. ZeRO partitions flatten rows across ranks and keep the fp32
+    master inside the optimizer, so this cannot reach them after the first call: under DeepSpeed EDM2 trains with
+    traditional weight normalisation only.
     """
     count = 0
     for m in module.modules():

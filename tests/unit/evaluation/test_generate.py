@@ -51,3 +51,38 @@ def test_sample_shape_from_the_model_or_the_config():
     assert sample_shape(torch.nn.Linear(2, 2), [2]) == (2,)
     with pytest.raises(ConfigError, match="test_cfg.shape"):
         sample_shape(torch.nn.Linear(2, 2), None)
+
+
+def test_decoder_maps_the_sampler_output():
+    """test_cfg.decoder: a frozen part (here a fixed linear "VAE decoder" from 4 latent to 3 image channels) applied to
+    what the sampler returns, before uint8 conversion."""
+    weight = torch.randn(3, 4, 1, 1, generator=torch.Generator().manual_seed(0)) * 0.3
+
+    def decoder(z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(z, weight)
+
+    raw = [b.samples for b in generate(None, fake_sampler, 6, 4, (4, 2, 2), num_classes=2, images=False)]
+    decoded = [b.samples for b in generate(None, fake_sampler, 6, 4, (4, 2, 2), num_classes=2, images=False,
+                                           decoder=decoder)]
+    images = [b.samples for b in generate(None, fake_sampler, 6, 4, (4, 2, 2), num_classes=2, decoder=decoder)]
+    for r, d, i in zip(raw, decoded, images, strict=True):
+        assert d.shape[1] == 3 and torch.allclose(d, decoder(r))
+        assert torch.equal(i, to_uint8(decoder(r)))
+
+
+def test_sampling_parts_name_the_part_and_decoder():
+    from mmengine.config import Config
+
+    from diffscale.evaluation.pipeline import TEST_DEFAULTS, part_model_cfg, sampling_parts
+
+    toy = dict(type="ToyMLP")
+    cfg = Config(dict(parts=dict(generator=dict(model=toy), vae=dict(model=dict(type="ToyMLP", hidden_dim=8)))))
+    settings = dict(TEST_DEFAULTS, part="generator", decoder="vae")
+    assert sampling_parts(cfg, settings) == ("generator", "vae")
+    assert part_model_cfg(cfg, "vae")["hidden_dim"] == 8
+    with pytest.raises(ConfigError, match="test_cfg.part: this config has the parts generator, vae; name the one"):
+        sampling_parts(cfg, dict(settings, part=None))
+    with pytest.raises(ConfigError, match="test_cfg.decoder: 'vea' is not a part of this config"):
+        sampling_parts(cfg, dict(settings, decoder="vea"))
+    one = Config(dict(model=toy))
+    assert sampling_parts(one, dict(TEST_DEFAULTS)) == ("model", None)

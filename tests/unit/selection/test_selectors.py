@@ -4,12 +4,12 @@ conditional-logit formula on the full score matrix."""
 import pytest
 import torch
 
-import diffscale.components  # noqa: F401
+from diffscale import registry as R
 from diffscale.registry import SELECTORS, build
 from diffscale.selection.jest import chunk_sizes
 from diffscale.selection.jest_direct import direct_jest
 
-NAMES = sorted(SELECTORS.module_dict)
+NAMES = R.names(SELECTORS)
 
 
 def losses(B: int, seed: int = 0, scale: float = 1.0):
