@@ -9,6 +9,7 @@ add_arguments(parser) for its own options. Suites (see each module's docstring f
   data.py        loader (MDS shard loader throughput)
   edm2.py        EDM2 step in the trainer vs bare, and GPU throughput / MFU when a GPU is present
   evaluation.py  features (feature-extraction throughput of the evaluation networks)
+  dmd2.py        dmd2 (a DMD2 toy cycle in the trainer vs the sum of its forward and backward passes)
 """
 
 import argparse

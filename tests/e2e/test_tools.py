@@ -65,3 +65,15 @@ def test_benchmark_writes_table_and_json(tmp_path):
     assert ajest["ideal_ratio"] == pytest.approx(1 + (ajest["fwd_learner_B_ms"] + ajest["fwd_ref_B_ms"])
                                                  / ajest["base_ms"])
     assert jest["superbatch"] == 1024 and jest["jest_ms"] > 0 and jest["direct_matrix_ms"] > 0
+
+
+def test_dmd2_benchmark_ideal_is_the_sum_of_its_passes(tmp_path):
+    out = tmp_path / "bench.json"
+    run([sys.executable, str(ROOT / "tools/benchmark.py"), "--suite", "dmd2", "--dmd2-batch", "128",
+         "--dmd2-cycles", "1", "--rounds", "1", "--out", str(out)])
+    d = json.loads(out.read_text())["dmd2"]
+    k = d["gen_update_every"]
+    ideal = d["G_fwd_bwd_ms"] + d["real_fwd_ms"] + d["fake_fwd_ms"] + k * (d["G_fwd_ms"] + d["fake_fwd_bwd_ms"])
+    assert k == 5 and d["ideal_passes_ms"] == pytest.approx(ideal)
+    assert d["ratio"] == pytest.approx(d["cycle_ms"] / ideal)
+    assert d["ratio_with_adam_and_data"] < d["ratio_with_adam"] < d["ratio"]

@@ -4,7 +4,8 @@ each timed alone in the same run on the same modules and batch (target: at most 
 A cycle of `gen_update_every` (5) iterations holds one generator phase (G forward and backward, D_real and D_fake
 forwards without gradients) and five fake-score phases (G forward without gradients, D_fake forward and
 backward). Ideal cycle = (G fwd+bwd + D_real fwd + D_fake fwd) + 5 (G fwd + D_fake fwd+bwd). The optimizer steps
-are timed too and reported beside it (`adam_ms_per_cycle`), not counted in the ideal.
+and the batches drawn are timed too and reported beside it (`adam_ms_per_cycle`, `data_ms_per_cycle`, and the
+ratios that count them), not counted in the ideal.
 """
 
 import argparse
@@ -65,7 +66,8 @@ def _passes(trainer) -> dict:
                     p.grad = torch.zeros_like(p) if p.grad is None else p.grad
             opt.step()
 
-    return {"G_fwd_bwd": fwd_bwd(G, z, s_gen), "real_fwd": fwd(real, x_t, sigma), "fake_fwd": fwd(fake, x_t, sigma),
+    return {"data": lambda: next(trainer.loader),
+            "G_fwd_bwd": fwd_bwd(G, z, s_gen), "real_fwd": fwd(real, x_t, sigma), "fake_fwd": fwd(fake, x_t, sigma),
             "G_fwd": fwd(G, z, s_gen), "fake_fwd_bwd": fwd_bwd(fake, x_t, sigma), "adam_both": adam}
 
 
@@ -85,10 +87,12 @@ def bench_dmd2(args: argparse.Namespace) -> dict:
     ideal = (t["G_fwd_bwd"] + t["real_fwd"] + t["fake_fwd"]) + k * (t["G_fwd"] + t["fake_fwd_bwd"])
     # The optimizer steps of a cycle: the generator once, the fake score k times; adam_both steps both once.
     adam = t["adam_both"] / 2 * (1 + k)
+    data = k * t["data"]  # one batch drawn per iteration (DMD2 reads only its labels and shape)
     trainer.writer.close()
     return {"batch": args.dmd2_batch, "gen_update_every": k, "cycle_ms": 1e3 * t["cycle"],
             "ideal_passes_ms": 1e3 * ideal, "ratio": t["cycle"] / ideal, "target_ratio": 1.10,
             "adam_ms_per_cycle": 1e3 * adam, "ratio_with_adam": t["cycle"] / (ideal + adam),
+            "data_ms_per_cycle": 1e3 * data, "ratio_with_adam_and_data": t["cycle"] / (ideal + adam + data),
             **{f"{name}_ms": 1e3 * v for name, v in t.items() if name != "cycle"}}
 
 
