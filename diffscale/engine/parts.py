@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from diffscale.engine.reference import load_weights, resolve_checkpoint
+from diffscale.engine.reference import load_into
 from diffscale.errors import ConfigError
 from diffscale.registry import MODELS, build
 
@@ -29,9 +29,6 @@ class Part:
     def trainable(self) -> bool:
         return self.optimizer_cfg is not None
 
-    def trainable_names(self) -> list[str]:
-        return [n for n, p in self.module.named_parameters() if p.requires_grad]
-
 
 def _init_weights(module: nn.Module, init: dict, key: str) -> None:
     """Load `init` = dict(checkpoint, ema=None, part=None) strictly (the loader the curation reference uses);
@@ -39,13 +36,7 @@ def _init_weights(module: nn.Module, init: dict, key: str) -> None:
     unknown = set(init) - {"checkpoint", "ema", "part"}
     if unknown:
         raise ConfigError(f"{key}: unknown key(s) {sorted(unknown)}; expected checkpoint, ema, part")
-    path = resolve_checkpoint(init["checkpoint"], f"{key}.checkpoint")
-    state = load_weights(path, init.get("ema"), init.get("part"), key)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:400]
-        raise ConfigError(f"{key}.checkpoint '{path}' does not match the part's model: {detail}") from None
+    load_into(module, init["checkpoint"], init.get("ema"), init.get("part"), key, "the part's model")
 
 
 def _freeze_by_pattern(module: nn.Module, patterns: list[str] | tuple[str, ...], key: str) -> None:

@@ -72,16 +72,23 @@ def load_weights(path: Path, ema: str | None, part: str | None = None, key: str 
     return {**state, **averages[part][ema]}
 
 
+def load_into(module: nn.Module, checkpoint: str | Path, ema: str | None, part: str | None, key: str,
+              model_name: str) -> None:
+    """Load `part` of a checkpoint, work_dir or export (the average `ema` when given) into `module`, strictly;
+    a mismatch is a ConfigError naming `key`.checkpoint and `model_name` (what the weights were meant for)."""
+    path = resolve_checkpoint(checkpoint, f"{key}.checkpoint")
+    state = load_weights(path, ema, part, key)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:400]
+        raise ConfigError(f"{key}.checkpoint '{path}' does not match {model_name}: {detail}") from None
+
+
 def load_frozen(model_cfg: dict, checkpoint: str | Path, ema: str | None, device: torch.device,
                 key: str, part: str | None = None) -> nn.Module:
     """Build `model_cfg`, load `part` of the checkpoint strictly, freeze, eval mode, on `device`."""
-    path = resolve_checkpoint(checkpoint, f"{key}.checkpoint")
     model = build(MODELS, model_cfg, f"{key}.model")
-    state = load_weights(path, ema, part, key)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:400]
-        raise ConfigError(f"{key}.checkpoint '{path}' does not match {key}.model: {detail}") from None
+    load_into(model, checkpoint, ema, part, key, f"{key}.model")
     model.requires_grad_(False)
     return model.eval().to(device)
