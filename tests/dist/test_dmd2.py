@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from tests.dist.test_resume import kill9_after_checkpoint
-from tests.helpers import ROOT, SMALL, export, last_checkpoint, max_abs_diff, run, train, train_cmd
+from tests.dist.test_resume import kill9_resume_and_compare
+from tests.helpers import ROOT, SMALL, export, last_checkpoint, max_abs_diff, run, train
 
 DMD2 = str(ROOT / "tests" / "configs" / "dmd2_small.py")
 RESUME = str(ROOT / "tests" / "configs" / "dmd2_resume.py")
@@ -93,17 +93,8 @@ def single_resume_reference(teacher, tmp_path_factory):
 def test_kill9_then_resume_matches_uninterrupted(name, teacher, single_resume_reference, tmp_path):
     nproc, options, tol = RESUME_CASES[name]
     options = (*teacher_options(teacher), *options)
-    reference = single_resume_reference
-    if name != "single":
-        reference = tmp_path / "reference"
-        train(RESUME, reference, nproc=nproc, options=options)
-    killed = tmp_path / "killed"
-    kill9_after_checkpoint(train_cmd(RESUME, killed, nproc, options), killed, 6, tmp_path / "killed.log")
-    assert last_checkpoint(killed).name in ("iter_0000006", "iter_0000012")
-    out = train(RESUME, killed, nproc=nproc, options=options, extra=("--resume",))
-    assert "resumed from" in out.stderr
-    diff = max_abs_diff(export(last_checkpoint(reference)), export(last_checkpoint(killed)))
-    print(f"{name}: max |w_resumed - w_uninterrupted| = {diff:.3g}")
+    diff, reference, killed = kill9_resume_and_compare(RESUME, tmp_path, name, nproc, options,
+                                                       single_resume_reference, interval=6)
     assert diff <= tol
     # The generator stepped at iterations 0, 5, 10, 15 (gen_update_every 5) in both runs.
     for work in (reference, killed):

@@ -52,6 +52,25 @@ def kill9_after_checkpoint(cmd: list[str], work_dir: Path, step: int, log: Path)
         proc.wait()
 
 
+def kill9_resume_and_compare(config: str, tmp_path: Path, name: str, nproc: int, options: tuple[str, ...],
+                             single_reference: Path, interval: int) -> tuple[float, Path, Path]:
+    """The resume check of one case: an uninterrupted run (the shared single-process one for 'single'), a run of
+    `config` killed -9 past its first checkpoint (every `interval` steps) and resumed. Returns (max |w_resumed -
+    w_uninterrupted| over every exported tensor, the uninterrupted work_dir, the resumed one)."""
+    reference = single_reference
+    if name != "single":
+        reference = tmp_path / "reference"
+        train(config, reference, nproc=nproc, options=options)
+    killed = tmp_path / "killed"
+    kill9_after_checkpoint(train_cmd(config, killed, nproc, options), killed, interval, tmp_path / "killed.log")
+    assert last_checkpoint(killed).name in (f"iter_{interval:07d}", f"iter_{2 * interval:07d}")
+    out = train(config, killed, nproc=nproc, options=options, extra=("--resume",))
+    assert "resumed from" in out.stderr
+    diff = max_abs_diff(final_weights(reference), final_weights(killed))
+    print(f"{name}: max |w_resumed - w_uninterrupted| = {diff:.3g}")
+    return diff, reference, killed
+
+
 def final_weights(work_dir: Path) -> dict:
     return export(last_checkpoint(work_dir))
 
@@ -68,19 +87,7 @@ def single_reference(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", list(CASES))
 def test_kill9_then_resume_matches_uninterrupted(name, tmp_path, single_reference):
     nproc, options, tol = CASES[name]
-    reference = single_reference
-    if name != "single":
-        reference = tmp_path / "reference"
-        train(RESUME, reference, nproc=nproc, options=options)
-
-    killed = tmp_path / "killed"
-    kill9_after_checkpoint(train_cmd(RESUME, killed, nproc, options), killed, 10, tmp_path / "killed.log")
-    assert last_checkpoint(killed).name in ("iter_0000010", "iter_0000020")
-    out = train(RESUME, killed, nproc=nproc, options=options, extra=("--resume",))
-    assert "resumed from" in out.stderr
-
-    diff = max_abs_diff(final_weights(reference), final_weights(killed))
-    print(f"{name}: max |w_resumed - w_uninterrupted| = {diff:.3g}")
+    diff, _, _ = kill9_resume_and_compare(RESUME, tmp_path, name, nproc, options, single_reference, interval=10)
     assert diff <= tol
 
 
