@@ -1,7 +1,8 @@
 """Small datasets made inside tests (no downloads): Tiny ImageNet in its official layout, CIFAR-10 python
-batches, and MDS shards written through the real converter."""
+batches, downsampled ImageNet 64x64 pickles and zips, and MDS shards written through the real converter."""
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,44 @@ def make_mds(out_dir: Path, num_samples: int = 16, shape: tuple[int, ...] = (3, 
              class_names=np.array([f"c{k}" for k in range(num_classes)]))
     convert("npz", out_dir.parent / f"{out_dir.name}.npz", out_dir, progress=False)
     return out_dir, x, labels
+
+
+def write_imagenet64_pickle(path, data, labels, protocol=pickle.DEFAULT_PROTOCOL) -> None:
+    """One file in the official format: {'data': uint8 [N, 12288], 'labels': list of 1-based int, 'mean'}."""
+    with open(path, "wb") as f:
+        pickle.dump({"data": data, "labels": list(labels), "mean": data.mean(axis=0)}, f, protocol=protocol)
+
+
+def make_imagenet64(root, batch_sizes=(5, 3), val=4) -> dict:
+    """Downsampled ImageNet 64x64 as unpacked pickles in root/Imagenet64_train/train_data_batch_<k> and
+    root/Imagenet64_val/val_data, and as the zips in root/zips: Imagenet64_train_part1.zip (batch 1, at the top
+    level), Imagenet64_train_part2.zip (the others, inside a folder) and Imagenet64_val.zip. Returns the images
+    uint8 [N, 3, 64, 64] and 0-based labels of each split. Labels include 1 and 1000 (-> 0 and 999)."""
+    # numpy's array pickles name numpy._core.multiarray._reconstruct (protocol 2-4) or numpy._core.numeric.
+    # _frombuffer (5), and bytes pickled with protocol 2 name _codecs.encode: the restricted unpickler allows these.
+    rng = np.random.default_rng(0)
+    (root / "Imagenet64_train").mkdir(parents=True)
+    (root / "Imagenet64_val").mkdir()
+    (root / "zips").mkdir()
+    expected = {}
+    files = [(f"Imagenet64_train/train_data_batch_{k}", n) for k, n in enumerate(batch_sizes, 1)]
+    for split, split_files in (("train", files), ("val", [("Imagenet64_val/val_data", val)])):
+        images, labels = [], []
+        for i, (name, n) in enumerate(split_files):
+            x = rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)
+            y = [1, 1000, *rng.integers(1, 1001, n - 2).tolist()]
+            # numpy pickles differ by protocol: 2 (bytes as _codecs.encode), 4 (the default) and 5 (_frombuffer)
+            protocol = 5 if split == "val" else (4, 2)[i % 2]
+            write_imagenet64_pickle(root / name, x.reshape(n, -1), y, protocol=protocol)
+            images.append(x)
+            labels += [label - 1 for label in y]
+        expected[split] = (np.concatenate(images), np.asarray(labels))
+    train = sorted((root / "Imagenet64_train").iterdir())
+    with zipfile.ZipFile(root / "zips" / "Imagenet64_train_part1.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(train[0], train[0].name)
+    with zipfile.ZipFile(root / "zips" / "Imagenet64_train_part2.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in train[1:]:
+            zf.write(path, f"Imagenet64_train_part2/{path.name}")
+    with zipfile.ZipFile(root / "zips" / "Imagenet64_val.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(root / "Imagenet64_val" / "val_data", "val_data")
+    return expected

@@ -5,9 +5,10 @@ DIR_OR_NPZ_OR_MDS.
 
 Generates N samples with the config's `test_cfg` (sampler, guidance, guide, average), spread over the ranks
 (sample i from seed test_cfg.seed + i, on rank i % world_size), feeds them to the config's `evaluators`, prints a
-table and writes WORK_DIR/metrics.json. CHECKPOINT: a checkpoint directory, a work_dir (its newest checkpoint),
-a work_dir's best/ (EvalHook) or an exported .safetensors. Bad configs and missing weight or reference files
-exit with code 2 and one line naming the key or the file."""
+table and writes WORK_DIR/metrics.json. Evaluators that score the network itself (NLL) are handed the unguided
+network; when no evaluator reads samples, none are generated. CHECKPOINT: a checkpoint directory, a work_dir (its
+newest checkpoint), a work_dir's best/ (EvalHook) or an exported .safetensors. Bad configs and missing weight or
+reference files exit with code 2 and one line naming the key or the file."""
 
 import argparse
 import json
@@ -61,9 +62,16 @@ def evaluate(args: argparse.Namespace, cfg, settings: dict, dist_info) -> dict:
     check_inputs(evaluators, images=settings["images"], has_labels=num_classes > 0)
     sampler = build(SAMPLERS, settings["sampler"], "test_cfg.sampler")
     guide = build_guide(settings["guide"], net, dist_info.device)
-    batches = generate(net, sampler, settings["num"], settings["batch_gpu"], sample_shape(net, settings["shape"]),
-                       guide=guide, num_classes=num_classes, seed=settings["seed"], rank=rank, world_size=world,
-                       device=dist_info.device, images=settings["images"], decoder=decoder)
+    for e in evaluators:
+        if getattr(e, "needs_network", False):
+            e.set_network(net)  # the raw network at test_cfg.ema, not the guided denoiser (NLL)
+    if all(e.input is None for e in evaluators):  # nothing reads samples: generate none
+        batches = iter(())
+    else:
+        batches = generate(net, sampler, settings["num"], settings["batch_gpu"],
+                           sample_shape(net, settings["shape"]), guide=guide, num_classes=num_classes,
+                           seed=settings["seed"], rank=rank, world_size=world, device=dist_info.device,
+                           images=settings["images"], decoder=decoder)
     return run_evaluation(evaluators, batches, ref, denoiser=guided(net, guide, getattr(sampler, "guidance", 1.0)))
 
 

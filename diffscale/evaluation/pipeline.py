@@ -115,9 +115,12 @@ def build_evaluators(cfgs: list | tuple, device: torch.device, key: str = "evalu
 
 
 def check_inputs(evaluators: list[Evaluator], images: bool, has_labels: bool) -> None:
-    """Every evaluator gets what it reads: images or raw samples, labels if it needs them."""
+    """Every evaluator gets what it reads: images or raw samples, labels if it needs them. Evaluators with
+    `input = None` read no samples (NLL scores held-out data with the network itself) and suit any run."""
     kind = "images" if images else "samples"
     for e in evaluators:
+        if e.input is None:
+            continue
         if e.input != kind:
             raise ConfigError(f"{type(e).__name__} reads {e.input}, but this run produces {kind} "
                               f"(test_cfg.images={images})")

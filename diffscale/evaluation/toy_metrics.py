@@ -78,11 +78,14 @@ def sample_metrics(samples: torch.Tensor, labels: torch.Tensor, mixture: Gaussia
 @torch.no_grad()
 def toy_metrics(net: Denoiser, mixture: GaussianMixture2D, guide: Denoiser | None = None, weight: float = 1.0,
                 num_samples: int = 4096, sigmas: tuple[float, ...] = SIGMAS, sampler: EDMHeunSampler | None = None,
-                grid: int = 128, seed: int = 0, sigma_data: float = 0.5) -> dict[str, float]:
+                grid: int = 128, seed: int = 0, sigma_data: float = 0.5,
+                with_denoiser: bool = True) -> dict[str, float]:
+    """The sample metrics of `sampler` (default EDM Heun, 32 steps) and, `with_denoiser`, the denoiser metrics
+    (for networks that are EDM denoisers D(x; sigma); a DDPM network takes timesteps, not sigma)."""
     gen = torch.Generator().manual_seed(seed)
     D = guided(net, guide, weight)
     x, labels, outer, noise = noisy_set(mixture, num_samples, gen)
-    out = denoiser_metrics(D, mixture, x, labels, outer, noise, sigmas, sigma_data)
+    out = denoiser_metrics(D, mixture, x, labels, outer, noise, sigmas, sigma_data) if with_denoiser else {}
     sampler = sampler or EDMHeunSampler(num_steps=32, sigma_max=5.0)
     samples = sampler(D, torch.randn(num_samples, 2, generator=gen), labels)  # D is already guided at `weight`
     return out | sample_metrics(samples, labels, mixture, grid)
@@ -119,15 +122,18 @@ def support_share(samples: torch.Tensor, mixture: GaussianMixture2D, grid: int =
 class ToyMetrics(Evaluator):
     """The toy metrics through the evaluator interface (tools/test.py, EvalHook): `support_share` and
     `class_accuracy` of the generated samples (gathered from every rank), and, given the denoiser at `begin`,
-    its losses on `num_samples` noisy points drawn with `seed`. Rank 0 computes them and broadcasts."""
+    its losses on `num_samples` noisy points drawn with `seed` (`with_denoiser=False` skips those: DDPM networks
+    take timesteps, not sigma). Rank 0 computes them and broadcasts."""
 
     name = "toy"
     input = "samples"
     needs_labels = True
 
     def __init__(self, num_samples: int = 4096, sigmas: tuple[float, ...] = SIGMAS, grid: int = 128, seed: int = 0,
-                 sigma_data: float = 0.5, tree_seed: int = 2, device: str | torch.device = "cpu"):
+                 sigma_data: float = 0.5, tree_seed: int = 2, with_denoiser: bool = True,
+                 device: str | torch.device = "cpu"):
         super().__init__(device)
+        self.with_denoiser = with_denoiser
         self.num_samples, self.sigmas, self.grid, self.seed = num_samples, tuple(sigmas), grid, seed
         self.sigma_data, self.tree_seed = sigma_data, tree_seed
         self.mixture: GaussianMixture2D | None = None  # built at the first begin()
@@ -139,7 +145,7 @@ class ToyMetrics(Evaluator):
         self.samples: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.denoiser_values = {}
-        if denoiser is not None and get_rank() == 0:  # rank 0 reports for all (compute)
+        if denoiser is not None and self.with_denoiser and get_rank() == 0:  # rank 0 reports for all (compute)
             gen = torch.Generator().manual_seed(self.seed)
             x, labels, outer, noise = noisy_set(self.mixture, self.num_samples, gen)
 

@@ -24,14 +24,17 @@ class ToyBlock(nn.Module):
 
 @MODELS.register_module()
 class ToyMLP(nn.Module):
-    """F(x_in[B, in_dim], noise_labels[B], class_labels[B, num_classes] one-hot) -> [B, in_dim]."""
+    """F(x_in[B, in_dim], noise_labels[B], class_labels[B, num_classes] one-hot) -> [B, out_dim] (out_dim defaults
+    to in_dim; 2 in_dim for a DDPM network that also predicts its variance)."""
 
-    def __init__(self, in_dim: int = 2, num_classes: int = 2, hidden_dim: int = 64, num_layers: int = 4):
+    def __init__(self, in_dim: int = 2, num_classes: int = 2, hidden_dim: int = 64, num_layers: int = 4,
+                 out_dim: int | None = None):
         super().__init__()
         self.in_dim, self.num_classes = in_dim, num_classes
+        out_dim = in_dim if out_dim is None else out_dim
         self.inp = nn.Linear(in_dim + 1 + num_classes, hidden_dim)
         self.blocks = nn.ModuleList(ToyBlock(hidden_dim) for _ in range(num_layers))
-        self.out = nn.Linear(hidden_dim, in_dim)
+        self.out = nn.Linear(hidden_dim, out_dim)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         h = self.inp(torch.cat([x, noise_labels.reshape(-1, 1).to(x.dtype), class_labels.to(x.dtype)], dim=1))

@@ -68,7 +68,9 @@ def generate(net: Denoiser, sampler, num: int, batch_gpu: int, shape: tuple[int,
             labels = classes[chunk].to(device)
         else:
             labels = (chunk % num_classes).to(device) if num_classes > 0 else None
-        x = sampler(net, noise, labels, guide=guide)
+        # Stochastic samplers (DDPM, DDIM with eta > 0) seed each sample's step noise from its seed too.
+        extra = {"seeds": chunk_seeds} if getattr(sampler, "takes_seeds", False) else {}
+        x = sampler(net, noise, labels, guide=guide, **extra)
         if decoder is not None:
             x = decoder(x)
         yield Batch(to_uint8(x) if images else x, labels, chunk_seeds)

@@ -1,7 +1,10 @@
 """tools/convert_dataset.py and diffscale/data/converters.py on small generated inputs of every source."""
 
 import json
+import os
+import pickle
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ from PIL import Image
 
 from diffscale.data.converters import ConversionError, convert
 from diffscale.data.mds import MDSIndex, ShardStore
-from tests.data_helpers import make_cifar10, make_tiny_imagenet
+from tests.data_helpers import make_cifar10, make_imagenet64, make_tiny_imagenet, write_imagenet64_pickle
 from tests.helpers import ROOT, run
 
 
@@ -124,3 +127,120 @@ def test_imagefolder_centre_crop(tmp_path):
     assert np.array_equal(x[0], red)  # cats/small.png sorts first: all red
     assert all(np.array_equal(x[i], green) for i in range(1, 6))
     assert json.loads((tmp_path / "out" / "diffscale.json").read_text())["source"] == "imagefolder"
+
+
+# ---------------------------------------------------------------------------------------------- imagenet64
+def test_imagenet64_pickles_and_zips_read_back_exactly(tmp_path):
+    from tools.convert_dataset import main
+
+    expected = make_imagenet64(tmp_path / "in")
+    names = [str(k) for k in range(1000)]
+    for split in ("train", "val"):
+        images, labels = expected[split]
+        for name, source in (("unpacked", tmp_path / "in"), ("zips", tmp_path / "in" / "zips")):
+            out = tmp_path / f"{name}_{split}"
+            convert("imagenet64", source, out, split=split, progress=False)
+            meta, x, got = read_all(out)
+            assert x.dtype == np.uint8 and np.array_equal(x, images), (name, split)
+            assert np.array_equal(got, labels) and got.min() == 0 and got.max() == 999
+            assert meta["class_ids"] == names and meta["class_names"] == names
+            assert meta["label_counts"] == np.bincount(labels, minlength=1000).tolist()
+            assert meta["resolution"] == 64 and meta["source"] == "imagenet64" and meta["split"] == split
+    # One zip given directly: the batches it holds (part1.zip: batch 1 only).
+    convert("imagenet64", tmp_path / "in" / "zips" / "Imagenet64_train_part1.zip", tmp_path / "one", progress=False)
+    assert np.array_equal(read_all(tmp_path / "one")[1], expected["train"][0][:5])
+    # The tool, both splits, resized to 32: a 2x BOX halving, i.e. the 2x2 mean (PIL rounds it).
+    out = tmp_path / "tool"
+    assert main(["--source", "imagenet64", "--input", str(tmp_path / "in" / "zips"), "--output", str(out),
+                 "--split", "all", "--resolution", "32", "--workers", "2"]) == 0
+    for split in ("train", "val"):
+        images, labels = expected[split]
+        meta, x, got = read_all(out / split)
+        pooled = images.reshape(len(images), 3, 32, 2, 32, 2).astype(np.float64).mean(axis=(3, 5))
+        assert x.shape == (len(images), 3, 32, 32) and np.array_equal(got, labels)
+        assert np.abs(x - pooled).max() <= 1
+
+
+def test_imagenet64_refuses_bad_labels_shapes_and_missing_files(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, (3, 12288), dtype=np.uint8)
+    for bad in (0, 1001):
+        folder = tmp_path / f"label{bad}"
+        folder.mkdir()
+        write_imagenet64_pickle(folder / "val_data", data, [5, bad, 7])
+        with pytest.raises(ConversionError, match=rf"val_data: label {bad} \(image 1, 1 in all\) is outside 1\.\.1000"):
+            convert("imagenet64", folder, tmp_path / "out", split="val", progress=False)
+        assert not (tmp_path / "out").exists()
+    cases = {
+        "shape": ({"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), "labels": [1, 2, 3]},
+                  r"'data' is uint8 \[3, 3072\]; expected uint8 \[N, 12288\]"),
+        "dtype": ({"data": data.astype(np.float32), "labels": [1, 2, 3]}, r"'data' is float32 \[3, 12288\]"),
+        "count": ({"data": data, "labels": [1, 2]}, r"3 images but 'labels' is int64 \[2\]"),
+        "keys": ({"images": data}, r"holds \['images'\]; expected a dict with 'data' and 'labels'"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "val_data", "wb") as f:
+            pickle.dump(content, f)
+        with pytest.raises(ConversionError, match=rf"{name}/val_data: {message}"):
+            convert("imagenet64", tmp_path / name, tmp_path / "out", split="val", progress=False)
+    # A later batch that is wrong fails the conversion and leaves no partial dataset behind.
+    (tmp_path / "later").mkdir()
+    write_imagenet64_pickle(tmp_path / "later" / "train_data_batch_1", data, [1, 2, 3])
+    write_imagenet64_pickle(tmp_path / "later" / "train_data_batch_2", data, [1, 2, 1001])
+    with pytest.raises(ConversionError, match=r"train_data_batch_2: label 1001"):
+        convert("imagenet64", tmp_path / "later", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    # Missing files: nothing at all, a gap in the batches, a zip without the split's members.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConversionError, match=r"empty: no train_data_batch_1\.\.10 .* Imagenet64_train_part1\.zip"):
+        convert("imagenet64", tmp_path / "empty", tmp_path / "out", progress=False)
+    (tmp_path / "later" / "train_data_batch_2").rename(tmp_path / "later" / "train_data_batch_3")
+    with pytest.raises(ConversionError, match=r"train_data_batch_2 missing \(found train_data_batch_1, train_data_b"):
+        convert("imagenet64", tmp_path / "later", tmp_path / "out", progress=False)
+    with zipfile.ZipFile(tmp_path / "Imagenet64_train_part1.zip", "w") as zf:
+        zf.writestr("readme.txt", "no batches here")
+    with pytest.raises(ConversionError, match=r"Imagenet64_train_part1\.zip: no train_data_batch_1\.\.10 member"):
+        convert("imagenet64", tmp_path / "Imagenet64_train_part1.zip", tmp_path / "out", progress=False)
+    with pytest.raises(ConversionError, match=r"Imagenet64_train_part1\.zip: no val_data member"):
+        convert("imagenet64", tmp_path / "Imagenet64_train_part1.zip", tmp_path / "out", split="val", progress=False)
+    (tmp_path / "notzip.zip").write_bytes(b"PK not really")
+    with pytest.raises(ConversionError, match=r"notzip\.zip: not a readable zip"):
+        convert("imagenet64", tmp_path / "notzip.zip", tmp_path / "out", progress=False)
+
+
+class RunsACommand:
+    """Unpickling this with plain pickle.load would run the command: __reduce__ names os.system."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_pickles_calling_a_global_are_refused_and_nothing_runs(tmp_path, capfd):
+    marker = tmp_path / "pwned"
+    evil = RunsACommand(f"echo pwned; touch {marker}")
+    system = f"{os.system.__module__}.system"  # posix.system on Linux
+    (tmp_path / "in64").mkdir()
+    with open(tmp_path / "in64" / "val_data", "wb") as f:
+        pickle.dump({"data": evil, "labels": [1]}, f)
+    with pytest.raises(ConversionError, match=rf"in64/val_data: refusing to unpickle the global {system}"):
+        convert("imagenet64", tmp_path / "in64", tmp_path / "out", split="val", progress=False)
+    with zipfile.ZipFile(tmp_path / "Imagenet64_val.zip", "w") as zf:
+        zf.write(tmp_path / "in64" / "val_data", "val_data")
+    with pytest.raises(ConversionError, match=rf"Imagenet64_val\.zip:val_data: refusing to unpickle .* {system}"):
+        convert("imagenet64", tmp_path / "Imagenet64_val.zip", tmp_path / "out", split="val", progress=False)
+    # cifar10 reads its pickles through the same restricted unpickler.
+    folder, _, _ = make_cifar10(tmp_path, per_batch=2, test=2)
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": evil}, f, protocol=2)
+    with pytest.raises(ConversionError, match=rf"data_batch_3: refusing to unpickle the global {system}"):
+        convert("cifar10", folder, tmp_path / "out", progress=False)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [b"a"], b"x": RunsACommand(f"touch {marker}")}, f)
+    with pytest.raises(ConversionError, match=rf"batches\.meta: refusing to unpickle the global {system}"):
+        convert("cifar10", folder, tmp_path / "out", split="val", progress=False)
+    assert not marker.exists() and "pwned" not in capfd.readouterr().out
+    assert not (tmp_path / "out").exists()

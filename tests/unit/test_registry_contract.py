@@ -13,11 +13,15 @@ NET = dict(type="ToyMLP", hidden_dim=16, num_layers=2)
 ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
     "model": {"ToyMLP": (dict(hidden_dim=16, num_layers=2), {}), "EDMPrecond": (dict(net=NET, label_dim=2), {}),
               "EDM2UNet": (dict(preset="tiny-xxs", channels=16, channels_per_head=16), {}),
+              "DDPMUNet": (dict(preset="tiny", emb_ch=8, t_dim=16, c_dim=16), {}),
+              "DDPMNet": (dict(net=NET, label_dim=2), {}),
               "EDM2Precond": (dict(net=dict(type="EDM2UNet", preset="tiny-xxs", channels=16, channels_per_head=16)),
                               {})},
     "objective": {"EDMLoss": ({}, {}), "DMD2Loss": (dict(gen_update_every=3), {}),
+                  "DDPMLoss": (dict(num_timesteps=16, importance_sampling=True), {}),
                   "TimeNoiseLoss": ({}, {})},
-    "sampler": {"EDMHeunSampler": (dict(num_steps=4), {}), "OneStepSampler": (dict(sigma_max=5.0), {})},
+    "sampler": {"EDMHeunSampler": (dict(num_steps=4), {}), "OneStepSampler": (dict(sigma_max=5.0), {}),
+                "DDPMSampler": (dict(num_timesteps=16), {}), "DDIMSampler": (dict(num_timesteps=16, num_steps=4), {})},
     "dataset": {"Tree2DStream": ({}, dict(batch_gpu=8, rank=1, seed=3)),
                 "MDSImageStream": (dict(path=None, num_workers=0), dict(batch_gpu=4, rank=1, world_size=2, seed=3))},
     "optimizer": {name: ({"lr": 0.1}, {"params": [torch.nn.Parameter(torch.ones(2))]})
@@ -33,7 +37,8 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
                  "fsdp": ({}, dict(dist_info=CPU, precision="fp32")),
                  "deepspeed": (dict(zero_stage=3), dict(dist_info=CPU, precision="bf16"))},
     "evaluator": {name: (dict(random_weights=True), {}) for name in ("FID", "FDDINOv2", "ClassifierAccuracy", "CMMD")}
-    | {"ToyMetrics": ({}, {})},  # networks are built on first use: construction is cheap
+    | {"ToyMetrics": ({}, {}),  # networks are built on first use: construction is cheap
+       "NLL": (dict(data=dict(type="MDSImageStream", path="held_out"), num_timesteps=16), {})},  # data: at compute
     "selector": {"jest": (dict(n_chunks=4, score="inverted"), {}), "random": ({}, {}), "learnability_topk": ({}, {}),
                  "hard_learner": ({}, {})},
 }

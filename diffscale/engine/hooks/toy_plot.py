@@ -23,11 +23,13 @@ class ToyPlotHook(Hook):
     `metrics=True` also computes the toy metrics (evaluation/toy_metrics.py) of each variant, without
     guidance and, with a guide, at the sampler's guidance weight; they go to TensorBoard (`toy/<variant>/...`)
     and to work_dir/toy_metrics.json. `part`: the part that samples (None: test_cfg.part, else the only part;
-    a DMD2 run plots its one-step generator with sampler OneStepSampler)."""
+    a DMD2 run plots its one-step generator with sampler OneStepSampler). `with_denoiser=False` leaves out the
+    metrics that read the network as an EDM denoiser D(x; sigma) (a DDPM network takes timesteps)."""
 
     def __init__(self, interval: int = 0, num_samples: int = 4096, sampler: dict | None = None,
                  ema: str | None = "pf_0.100", seed: int = 0, guide: dict | None = None, metrics: bool = False,
-                 part: str | None = None):
+                 part: str | None = None, with_denoiser: bool = True):
+        self.with_denoiser = with_denoiser
         self.interval, self.num_samples, self.ema, self.seed = interval, num_samples, ema, seed
         self.part_name = part
         self.sampler_cfg = sampler or dict(type="EDMHeunSampler", num_steps=32, sigma_max=5.0)
@@ -77,7 +79,7 @@ class ToyPlotHook(Hook):
         for w in weights:
             key = f"{name}" if w == 1 else f"{name}_guided_w{w:g}"
             values = toy_metrics(net, self.mixture, guide=self.guide, weight=w, num_samples=self.num_samples,
-                                 sampler=self.sampler, seed=self.seed)
+                                 sampler=self.sampler, seed=self.seed, with_denoiser=self.with_denoiser)
             results.setdefault(str(trainer.step), {})[key] = values
             for metric, value in values.items():
                 trainer.writer.add_scalar(f"toy/{key}/{metric}", value, trainer.step)
