@@ -10,6 +10,8 @@ add_arguments(parser) for its own options. Suites (see each module's docstring f
   edm2.py        EDM2 step in the trainer vs bare, and GPU throughput / MFU when a GPU is present
   evaluation.py  features (feature-extraction throughput of the evaluation networks)
   dmd2.py        dmd2 (a DMD2 toy cycle in the trainer vs the sum of its forward and backward passes)
+  ddpm.py        ddpm_step (DDPM U-Net step in the trainer vs bare, resampler share), ddpm_sampler (DDIM /
+                 DDPM sampling step vs the network's forward)
 """
 
 import argparse

@@ -40,6 +40,7 @@ def evaluate(args: argparse.Namespace, cfg, settings: dict, dist_info) -> dict:
         build_evaluators,
         build_guide,
         check_inputs,
+        hand_over_network,
         load_ref,
         load_sampling_nets,
         run_evaluation,
@@ -62,10 +63,7 @@ def evaluate(args: argparse.Namespace, cfg, settings: dict, dist_info) -> dict:
     check_inputs(evaluators, images=settings["images"], has_labels=num_classes > 0)
     sampler = build(SAMPLERS, settings["sampler"], "test_cfg.sampler")
     guide = build_guide(settings["guide"], net, dist_info.device)
-    for e in evaluators:
-        if getattr(e, "needs_network", False):
-            e.set_network(net)  # the raw network at test_cfg.ema, not the guided denoiser (NLL)
-    if all(e.input is None for e in evaluators):  # nothing reads samples: generate none
+    if not hand_over_network(evaluators, net):  # the raw network at test_cfg.ema (NLL); nothing reads samples
         batches = iter(())
     else:
         batches = generate(net, sampler, settings["num"], settings["batch_gpu"],

@@ -20,6 +20,7 @@ from diffscale.evaluation.distill_report import (
     _slug,
     _train_seconds,
     eval_inputs,
+    table_rows,
     timed_samples,
     train,
     write_config,
@@ -80,10 +81,7 @@ def evaluate(out: Path, num_samples: int, seed: int) -> list[dict]:
 
 def write_report(out: Path, rows: list[dict], settings: dict) -> str:
     """OUT/report.md and OUT/metrics.json; returns the table."""
-    table = R.markdown_table([{"model and sampler": r["name"], "NFE": str(r["nfe"]),
-                               "support_share": f"{r['support_share']:.3f}",
-                               "class_accuracy": f"{r['class_accuracy']:.3f}",
-                               "sample_s": f"{r['sample_seconds']:.3f}"} for r in rows])
+    table = R.markdown_table(table_rows(rows))
     (out / "metrics.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
     s = settings
     secs = {k: "n/a" if v is None else f"{v:.0f} s" for k, v in s["train_seconds"].items()}

@@ -129,6 +129,15 @@ def check_inputs(evaluators: list[Evaluator], images: bool, has_labels: bool) ->
                               f"have none (an npz 'labels' array, or a folder's dataset.json)")
 
 
+def hand_over_network(evaluators: list[Evaluator], net: torch.nn.Module) -> bool:
+    """Give the raw (unguided) network to the evaluators that score it themselves (`needs_network`: NLL), for one
+    evaluation. Returns whether any evaluator reads samples (when none does, callers generate none)."""
+    for e in evaluators:
+        if getattr(e, "needs_network", False):
+            e.set_network(net)
+    return any(e.input is not None for e in evaluators)
+
+
 def feed(evaluators: list[Evaluator], batches: Iterable, denoiser: Denoiser | None = None) -> tuple[int, float]:
     """Begin every evaluator, then feed it every batch ((x, labels, ...) tuples). Returns (samples seen on this
     rank, seconds spent in the evaluators)."""

@@ -1,5 +1,6 @@
-"""The DDPM U-Net of the seed codebase (gmongaras/Diffusion_models_from_scratch: src/models/U_Net.py, src/blocks/),
-written anew for diffscale. Pure nn.Module: the DDPM objective owns the schedule and the loss.
+"""The block U-Net of the DDPM seed codebase (G. Mongaras, "Diffusion models from scratch"), written anew for
+diffscale from its description and published settings. Pure nn.Module: the DDPM objective owns the schedule and
+the loss.
 
 Layout (a level l = 1..num_levels has width emb_ch * 2^(ch_mult * l); level 0 is emb_ch):
   7x7 conv (C -> emb_ch)

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from diffscale.errors import ConfigError
@@ -263,15 +262,6 @@ def test_bad_values_raise_config_errors(kwargs, message):
         meta_net(**kwargs)
 
 
-@pytest.fixture
-def single_rank_group():
-    if dist.is_initialized():
-        pytest.skip("a process group already exists in this process")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def test_fsdp2_sharded_gradients_equal_plain(single_rank_group):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -296,3 +286,18 @@ def test_fsdp2_sharded_gradients_equal_plain(single_rank_group):
     assert torch.allclose(grads(sharded(MixedPrecisionPolicy())), expected, rtol=1e-4, atol=1e-6)
     bf16 = grads(sharded(MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)))
     assert nn.functional.cosine_similarity(bf16, expected, dim=0) > 0.99
+
+
+@pytest.mark.gpu
+def test_cuda_forward_matches_cpu():
+    """On CUDA every attention block (clsAtn's channel tokens, atn's windows) goes through the xformers kernel
+    where it loads, else SDPA's CUDA kernels: the output matches the CPU's (SDPA) in float32."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    torch.manual_seed(0)
+    net = DDPMUNet("tiny").eval()
+    x, t, labels = torch.randn(3, 3, 16, 16), torch.tensor([0.0, 400.0, 999.0]), torch.tensor([1, -1, 7])
+    with torch.no_grad():
+        cpu = net(x, t, labels)
+        gpu = net.cuda()(x.cuda(), t.cuda(), labels.cuda()).cpu()
+    assert torch.allclose(gpu, cpu, atol=2e-4, rtol=1e-4), (gpu - cpu).abs().max()

@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from diffscale.diffusion.edm import EDM2Precond
@@ -166,15 +165,6 @@ def test_forced_weight_normalisation():
             m.weight.mul_(2.0)
     assert force_weight_norm_(net) == len(convs) and all(rms(m.weight) == pytest.approx(1.0, abs=2e-4)
                                                            for m in convs)
-
-
-@pytest.fixture
-def single_rank_group():
-    if dist.is_initialized():
-        pytest.skip("a process group already exists in this process")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_fsdp2_sharded_training_forward(single_rank_group):

@@ -57,12 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- edm2_step
-def synthetic_mds(root: Path, num_images: int, num_classes: int = 200) -> Path:
-    """Random 64x64 RGB images with labels, written as MDS by the real converter; returns the dataset folder."""
+def synthetic_mds(root: Path, num_images: int, num_classes: int = 200, resolution: int = 64) -> Path:
+    """Random RGB images with labels, written as MDS by the real converter; returns the dataset folder."""
     from diffscale.data.converters import convert
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (num_images, 64, 64, 3), dtype=np.uint8)  # NHWC, as image arrays usually are
+    images = rng.integers(0, 256, (num_images, resolution, resolution, 3), dtype=np.uint8)  # NHWC
     np.savez(root / "synthetic.npz", images=images, labels=rng.integers(0, num_classes, num_images))
     return convert("npz", root / "synthetic.npz", root / "mds", progress=False).out_dir
 

@@ -22,6 +22,7 @@ from diffscale.evaluation.pipeline import (
     build_evaluators,
     build_guide,
     check_inputs,
+    hand_over_network,
     load_ref,
     part_model_cfg,
     run_evaluation,
@@ -124,10 +125,12 @@ class EvalHook(Hook):
         trainer, s = self.trainer, self.settings
         net = part_copy(trainer, self.part, s["ema"], trainer.dist.device, all_ranks=True)
         guide = unconditional(net) if s["guide"] == "cfg" else self.guide
-        batches = generate(net, self.sampler, s["num"], s["batch_gpu"], self.shape, guide=guide,
-                           num_classes=self.num_classes, seed=s["seed"], rank=trainer.dist.rank,
-                           world_size=trainer.dist.world_size, device=trainer.dist.device, images=s["images"],
-                           decoder=self.decoder)
+        batches = iter(())  # no evaluator reads samples (NLL only): generate none
+        if hand_over_network(self.evaluators, net):
+            batches = generate(net, self.sampler, s["num"], s["batch_gpu"], self.shape, guide=guide,
+                               num_classes=self.num_classes, seed=s["seed"], rank=trainer.dist.rank,
+                               world_size=trainer.dist.world_size, device=trainer.dist.device, images=s["images"],
+                               decoder=self.decoder)
         denoiser = guided(net, guide, getattr(self.sampler, "guidance", 1.0))
         result = run_evaluation(self.evaluators, batches, self.ref_stats, denoiser)
         values = result["metrics"]
