@@ -31,12 +31,18 @@ class Part:
 
 
 def _init_weights(module: nn.Module, init: dict, key: str) -> None:
-    """Load `init` = dict(checkpoint, ema=None, part=None) strictly (the loader the curation reference uses);
-    `key` is the init's config key."""
-    unknown = set(init) - {"checkpoint", "ema", "part"}
+    """Load `init` = dict(checkpoint, ema=None, part=None, missing=()) strictly (the loader the curation reference
+    uses); `missing`: fnmatch patterns of the part's own entries the checkpoint may lack, which keep their fresh
+    init (a DeeDiff model from a U-ViT backbone: missing=['exit_heads.*', 'probes.*']). `key` is the init's
+    config key."""
+    unknown = set(init) - {"checkpoint", "ema", "part", "missing"}
     if unknown:
-        raise ConfigError(f"{key}: unknown key(s) {sorted(unknown)}; expected checkpoint, ema, part")
-    load_into(module, init["checkpoint"], init.get("ema"), init.get("part"), key, "the part's model")
+        raise ConfigError(f"{key}: unknown key(s) {sorted(unknown)}; expected checkpoint, ema, part, missing")
+    missing = init.get("missing") or ()
+    if isinstance(missing, str) or not all(isinstance(p, str) for p in missing):
+        raise ConfigError(f"{key}.missing: expected a list of fnmatch patterns, got {missing!r}")
+    load_into(module, init["checkpoint"], init.get("ema"), init.get("part"), key, "the part's model",
+              allow_missing=tuple(missing))
 
 
 def _freeze_by_pattern(module: nn.Module, patterns: list[str] | tuple[str, ...], key: str) -> None:

@@ -1,6 +1,7 @@
 """Load weights from one of our checkpoints, a work_dir or an export: a part's `init`, the curation reference, the
 autoguidance guide, the network tools/test.py and tools/generate.py sample with."""
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -73,11 +74,22 @@ def load_weights(path: Path, ema: str | None, part: str | None = None, key: str 
 
 
 def load_into(module: nn.Module, checkpoint: str | Path, ema: str | None, part: str | None, key: str,
-              model_name: str) -> None:
+              model_name: str, allow_missing: tuple[str, ...] = ()) -> None:
     """Load `part` of a checkpoint, work_dir or export (the average `ema` when given) into `module`, strictly;
-    a mismatch is a ConfigError naming `key`.checkpoint and `model_name` (what the weights were meant for)."""
+    a mismatch is a ConfigError naming `key`.checkpoint and `model_name` (what the weights were meant for).
+    `allow_missing`: fnmatch patterns of module entries the checkpoint may lack (they keep their values); every
+    other entry must be there, and nothing unexpected may be."""
     path = resolve_checkpoint(checkpoint, f"{key}.checkpoint")
     state = load_weights(path, ema, part, key)
+    if allow_missing:
+        absent = [n for n in module.state_dict() if n not in state]
+        not_allowed = [n for n in absent if not any(fnmatch.fnmatchcase(n, p) for p in allow_missing)]
+        if len(absent) == len(module.state_dict()):
+            raise ConfigError(f"{key}.checkpoint '{path}' shares no entry with {model_name}")
+        if not_allowed:
+            raise ConfigError(f"{key}.checkpoint '{path}' lacks {len(not_allowed)} entries of {model_name} that "
+                              f"{key}.missing does not allow, e.g. {not_allowed[:3]}")
+        state = {**{n: v for n, v in module.state_dict().items() if n in absent}, **state}
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:

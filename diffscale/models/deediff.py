@@ -94,7 +94,9 @@ class DeeDiffUViT(UViT):
     """UViT with an output head and an uncertainty probe per layer (see the module docstring).
 
     forward(x, t, labels) is UViT's (the final output; the heads and probes are not run), so a UViT state_dict
-    loads non-strictly and gives the same output. forward_exits runs everything in one pass, for training;
+    loads non-strictly and gives the same output; forward(..., return_exits=True) is forward_exits, through
+    forward so that DDP and FSDP2 see the call (what DeeDiffLoss trains with). forward_exits runs everything in
+    one pass;
     exit_output / uncertainty with UViT's embed / run_layer / head drive a real early exit. `num_timesteps` is the
     number of per-timestep probes T: an example at model time t (0..1000 scale, what DDPMLoss gives the network)
     uses probe round(t * T / 1000). The other arguments are UViT's.
@@ -123,6 +125,12 @@ class DeeDiffUViT(UViT):
             n = {"mlp_probe_per_layer": depth, "mlp_probe_per_timestep": num_timesteps,
                  "mlp_probe_per_layer_per_timestep": depth * num_timesteps}[classifier_type]
             self.probes = LinearProbeBank(n, D)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+                return_exits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if return_exits:
+            return self.forward_exits(x, t, class_labels)
+        return super().forward(x, t, class_labels)
 
     def fsdp_units(self) -> list[nn.Module]:
         """The transformer layers, then every exit head and per-layer probe (each called as a module)."""

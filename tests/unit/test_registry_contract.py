@@ -22,6 +22,7 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
                               {})},
     "objective": {"EDMLoss": ({}, {}), "DMD2Loss": (dict(gen_update_every=3), {}),
                   "DDPMLoss": (dict(num_timesteps=16, importance_sampling=True), {}),
+                  "DeeDiffLoss": (dict(num_timesteps=16), {}),
                   "TimeNoiseLoss": ({}, {})},
     "sampler": {"EDMHeunSampler": (dict(num_steps=4), {}), "OneStepSampler": (dict(sigma_max=5.0), {}),
                 "DDPMSampler": (dict(num_timesteps=16), {}), "DDIMSampler": (dict(num_timesteps=16, num_steps=4), {})},

@@ -1,0 +1,5 @@
+# DeeDiff with attention_probe probes, fine-tuning the backbone too
+# (the seed without --freeze_backbone);
+# everything else as deediff_uvit_s2_cifar10_attention_frozen.py.
+_base_ = ["./deediff_uvit_s2_cifar10_attention_frozen.py"]
+parts = dict(model=dict(model=dict(classifier_type="attention_probe"), trainable=True))
