@@ -8,6 +8,8 @@ ddpm_step     DDPMUNet `--ddpm-preset` (tiny, at `--ddpm-resolution` 32) at `--d
               Interleaved rounds, medians; target ratio <= 1.05. The resampler's work of one step (draw t for the
               batch, update the history with the step's losses) timed alone: `resampler_share` of the trainer
               step, target < 1%.
+uvit_step     the same for U-ViT (configs/deediff/uvit_s2_cifar10.py: L_simple, fixed variance; importance
+              sampling on), `--uvit-preset` (tiny; uvit_s2_cifar10 is the paper's 44M model) at `--ddpm-batch`.
 ddpm_sampler  One sampling call of DDIM (eta 1: step noise drawn) and of respaced ancestral DDPM over
               `--ddpm-sampler-steps` (10) steps on the same network in eval mode, against that many bare forward
               passes of the network on the same batch; target ratio <= 1.05 each.
@@ -35,28 +37,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ddpm-rounds", type=int, default=6, help="ddpm_*: interleaved rounds (median)")
     p.add_argument("--ddpm-warmup", type=int, default=2, help="ddpm_*: untimed calls of each first")
     p.add_argument("--ddpm-sampler-steps", type=int, default=10, help="ddpm_sampler: sampling steps per call")
+    p.add_argument("--uvit-preset", default="tiny", help="uvit_step: UViT preset")
 
 
-def _model_cfg(args: argparse.Namespace) -> dict:
-    cfg = dict(type="DDPMUNet", preset=args.ddpm_preset)
-    if args.ddpm_resolution:
+def _model_cfg(args: argparse.Namespace, model_type: str = "DDPMUNet", preset: str | None = None) -> dict:
+    cfg = dict(type=model_type, preset=preset or args.ddpm_preset)
+    if args.ddpm_resolution and model_type == "DDPMUNet":
         cfg["img_resolution"] = args.ddpm_resolution
     return cfg
 
 
 def bench_step(args: argparse.Namespace) -> dict:
+    return _step(args, CONFIG, _model_cfg(args))
+
+
+def bench_uvit_step(args: argparse.Namespace) -> dict:
+    return _step(args, "configs/deediff/uvit_s2_cifar10.py", _model_cfg(args, "UViT", args.uvit_preset))
+
+
+def _step(args: argparse.Namespace, config: str, model_cfg: dict) -> dict:
+    """Trainer step vs bare step of `config` with its model replaced by `model_cfg` (see the module docstring)."""
     from diffscale.config import load_config
+    from diffscale.registry import MODELS, build
 
     batch, steps = args.ddpm_batch, args.ddpm_steps
     with tempfile.TemporaryDirectory(prefix="diffscale-bench-ddpm-") as tmp:
-        probe = _build_net(args)
+        torch.manual_seed(0)
+        probe = build(MODELS, model_cfg, "model")
         data = synthetic_mds(Path(tmp), max(64, batch), num_classes=max(probe.label_dim, 1),
                              resolution=probe.img_resolution)
         options = [f"train_cfg.batch_size={batch}", f"train_cfg.batch_gpu={batch}", "train_cfg.max_iters=1000000",
                    "checkpoint.interval=1000000", f"data.train.path={data}", "data.train.num_workers=1", "hooks=[]",
                    "objective.importance_sampling=True"]
-        cfg = load_config(str(ROOT / CONFIG), options, str(Path(tmp) / "work_dir"))
-        cfg.model = _model_cfg(args)
+        cfg = load_config(str(ROOT / config), options, str(Path(tmp) / "work_dir"))
+        cfg.model = model_cfg
         trainer, step = trainer_step(cfg)
         t = interleaved({"trainer": step, "bare": bare_step(trainer)}, args.ddpm_warmup, args.ddpm_rounds, steps)
         resampler = trainer.objective.resampler
@@ -71,8 +85,8 @@ def bench_step(args: argparse.Namespace) -> dict:
         t["resampler"] = statistics.median(time_steps(resample, 50) for _ in range(5))
         trainer.loader.close()
         trainer.writer.close()
-    return {"preset": args.ddpm_preset, "resolution": probe.img_resolution, "batch": batch,
-            "device": device.type, "threads": torch.get_num_threads(),
+    return {"model": model_cfg["type"], "preset": model_cfg["preset"], "resolution": probe.img_resolution,
+            "batch": batch, "device": device.type, "threads": torch.get_num_threads(),
             "params_M": trainer.part_summary["model"][1] / 1e6, "steps_per_round": steps, "rounds": args.ddpm_rounds,
             "trainer_ms_per_step": 1e3 * t["trainer"], "bare_ms_per_step": 1e3 * t["bare"],
             "ratio": t["trainer"] / t["bare"], "target_ratio": 1.05,
@@ -114,4 +128,4 @@ def bench_sampler(args: argparse.Namespace) -> dict:
             "ddim_ratio": t["ddim"] / t["net"], "ddpm_ratio": t["ddpm"] / t["net"], "target_ratio": 1.05}
 
 
-SUITES = {"ddpm_step": bench_step, "ddpm_sampler": bench_sampler}
+SUITES = {"ddpm_step": bench_step, "uvit_step": bench_uvit_step, "ddpm_sampler": bench_sampler}
