@@ -10,8 +10,10 @@ add_arguments(parser) for its own options. Suites (see each module's docstring f
   edm2.py        EDM2 step in the trainer vs bare, and GPU throughput / MFU when a GPU is present
   evaluation.py  features (feature-extraction throughput of the evaluation networks)
   dmd2.py        dmd2 (a DMD2 toy cycle in the trainer vs the sum of its forward and backward passes)
-  ddpm.py        ddpm_step (DDPM U-Net step in the trainer vs bare, resampler share), ddpm_sampler (DDIM /
-                 DDPM sampling step vs the network's forward)
+  ddpm.py        ddpm_step (DDPM U-Net step in the trainer vs bare, resampler share), uvit_step (the same for
+                 U-ViT), ddpm_sampler (DDIM / DDPM sampling step vs the network's forward)
+  deediff.py     deediff_exit (DDIM sampling with real / simulated / no early exit vs the plain network; realised
+                 vs ideal FLOP saving)
 """
 
 import argparse

@@ -52,6 +52,9 @@ def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
     if not isinstance(num_timesteps, int) or num_timesteps < 2:
         raise ConfigError(f"num_timesteps: expected an integer >= 2, got {num_timesteps!r}")
     if name == "linear":
+        if num_timesteps < 20:
+            raise ConfigError(f"num_timesteps: the linear schedule needs T >= 20 (its last beta is 0.02 x 1000 / T "
+                              f"<= 1), got {num_timesteps}; use schedule='cosine' for fewer steps")
         scale = 1000 / num_timesteps
         return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
     s = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
@@ -338,8 +341,11 @@ class DDPMLoss(Objective):
         terms = self.terms(models[self.score_part], batch, cond)
         if self.resampler is not None:
             self._seen.append((cond["t"], terms["loss"].detach()))
-        return LossOutput(terms["loss"] * cond["weight"], {"mse": terms["mse"].mean().detach(),
-                                                           "vb": terms["vb"].mean().detach()})
+        return LossOutput(terms["loss"] * cond["weight"], self.logs(terms))
+
+    def logs(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What a training phase logs of `terms` (scalar tensors)."""
+        return {"mse": terms["mse"].mean().detach(), "vb": terms["vb"].mean().detach()}
 
     def after_step(self, phase: Phase, out: LossOutput) -> None:
         """Feed this step's (t, loss) pairs of every rank to the resampler (one all-gather)."""

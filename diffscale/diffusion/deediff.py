@@ -20,7 +20,7 @@ Logs (TensorBoard `<phase>/<name>`): L_simple, L_u, L_UAL, L_unweighted and, per
 import torch
 from torch import nn
 
-from diffscale.diffusion.base import Cond, LossOutput, Phase
+from diffscale.diffusion.base import Cond
 from diffscale.diffusion.ddpm import DDPMLoss, drop_labels
 from diffscale.errors import ConfigError
 from diffscale.registry import OBJECTIVES
@@ -69,17 +69,8 @@ class DeeDiffLoss(DDPMLoss):
         return {"loss": total, "L_simple": l_simple, "L_u": l_u, "L_UAL": l_ual, "L_unweighted": l_unweighted,
                 "exit_L_n": l_n.detach().mean(1), "exit_u": u.detach().mean(1)}
 
-    def per_example(self, model: nn.Module, batch: dict, cond: Cond) -> torch.Tensor:
-        return self.terms(model, batch, cond)["loss"] * cond["weight"]
-
-    def __call__(self, phase: Phase, models, batch: dict, generator: torch.Generator) -> LossOutput:
-        cond = batch.get("cond")
-        if cond is None:
-            cond = self.sample_condition(batch["x"], generator)
-        terms = self.terms(models[self.score_part], batch, cond)
-        if self.resampler is not None:
-            self._seen.append((cond["t"], terms["loss"].detach()))
+    def logs(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logs = {k: terms[k].mean().detach() for k in ("L_simple", "L_u", "L_UAL", "L_unweighted")}
         for i, (l_n, u) in enumerate(zip(terms["exit_L_n"], terms["exit_u"], strict=True)):
             logs[f"exit{i:02d}_L_n"], logs[f"exit{i:02d}_u"] = l_n, u
-        return LossOutput(terms["loss"] * cond["weight"], logs)
+        return logs

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from diffscale.errors import ConfigError, closest
 from diffscale.models.layers.attention import attention
+from diffscale.models.presets import check_positive_ints, merge_preset
 from diffscale.registry import MODELS
 
 BLOCK_TYPES = ("res", "conv", "clsAtn", "atn", "chnAtn")
@@ -85,18 +86,10 @@ def parse_blk_types(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]
 
 def resolve_config(preset: str | None, overrides: dict) -> dict:
     """DEFAULTS, then the preset, then every override that is not None (an explicit argument wins); validated."""
-    cfg = dict(DEFAULTS)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise _err("preset", f"unknown preset '{preset}'; expected one of {', '.join(PRESETS)} "
-                                 f"(closest: {closest(preset, PRESETS)})")
-        cfg.update(PRESETS[preset])
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = merge_preset("DDPMUNet", DEFAULTS, PRESETS, preset, overrides)
     cfg["blk_types"] = parse_blk_types(cfg["blk_types"])
-    for key in ("img_channels", "img_resolution", "emb_ch", "num_levels", "t_dim", "atn_resolution", "num_heads"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise _err(key, f"expected a positive integer, got {cfg[key]!r}" + (
-                " (give a preset or img_channels)" if key == "img_channels" else ""))
+    check_positive_ints("DDPMUNet", cfg, ("img_channels", "img_resolution", "emb_ch", "num_levels", "t_dim",
+                                          "atn_resolution", "num_heads"))
     if not isinstance(cfg["ch_mult"], int) or cfg["ch_mult"] < 0:
         raise _err("ch_mult", f"expected an integer >= 0, got {cfg['ch_mult']!r}")
     if not isinstance(cfg["num_classes"], int) or cfg["num_classes"] < 0:

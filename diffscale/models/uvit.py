@@ -22,8 +22,9 @@ import math
 import torch
 from torch import nn
 
-from diffscale.errors import ConfigError, closest
+from diffscale.errors import ConfigError
 from diffscale.models.layers.attention import attention
+from diffscale.models.presets import check_positive_ints, merge_preset
 from diffscale.registry import MODELS
 
 # Architecture defaults (U-ViT-S/2); a preset or an explicit argument replaces any of them.
@@ -59,17 +60,9 @@ def _err(arg: str, message: str) -> ConfigError:
 
 def resolve_config(preset: str | None, overrides: dict) -> dict:
     """DEFAULTS, then the preset, then every override that is not None (an explicit argument wins); validated."""
-    cfg = dict(DEFAULTS)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise _err("preset", f"unknown preset '{preset}'; expected one of {', '.join(PRESETS)} "
-                                 f"(closest: {closest(preset, PRESETS)})")
-        cfg.update(PRESETS[preset])
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("img_channels", "img_resolution", "patch_size", "embed_dim", "depth", "num_heads"):
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
-            raise _err(key, f"expected a positive integer, got {cfg[key]!r}" + (
-                " (give a preset or img_channels)" if key == "img_channels" else ""))
+    cfg = merge_preset("UViT", DEFAULTS, PRESETS, preset, overrides)
+    check_positive_ints("UViT", cfg,
+                        ("img_channels", "img_resolution", "patch_size", "embed_dim", "depth", "num_heads"))
     if not isinstance(cfg["num_classes"], int) or cfg["num_classes"] < 0:
         raise _err("num_classes", f"expected an integer >= 0 (0 = unconditional, U-ViT's -1), got "
                                   f"{cfg['num_classes']!r}")

@@ -20,7 +20,7 @@ F64 = torch.float64
 
 
 def test_linear_schedule_is_ddpm_scaled_by_1000_over_T():
-    for T in (1000, 4000, 10):
+    for T in (1000, 4000, 20):
         betas = get_named_beta_schedule("linear", T)
         assert betas.dtype == np.float64 and betas.shape == (T,)
         scale = 1000 / T
@@ -45,6 +45,8 @@ def test_unknown_schedule_and_bad_T_name_the_key():
         get_named_beta_schedule("quadratic", 10)
     with pytest.raises(ConfigError, match="num_timesteps"):
         get_named_beta_schedule("cosine", 1)
+    with pytest.raises(ConfigError, match="T >= 20"):
+        get_named_beta_schedule("linear", 10)
     with pytest.raises(ConfigError, match="variance='learned_range'"):
         build_diffusion(variance="fixed_small", loss="hybrid")
 

@@ -25,7 +25,9 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
                   "DeeDiffLoss": (dict(num_timesteps=16), {}),
                   "TimeNoiseLoss": ({}, {})},
     "sampler": {"EDMHeunSampler": (dict(num_steps=4), {}), "OneStepSampler": (dict(sigma_max=5.0), {}),
-                "DDPMSampler": (dict(num_timesteps=16), {}), "DDIMSampler": (dict(num_timesteps=16, num_steps=4), {})},
+                "DDPMSampler": (dict(num_timesteps=16), {}), "DDIMSampler": (dict(num_timesteps=16, num_steps=4), {}),
+                "EarlyExitDDPMSampler": (dict(threshold=0.1, num_timesteps=16), {}),
+                "EarlyExitDDIMSampler": (dict(threshold=0.1, num_timesteps=16, num_steps=4, simulate=True), {})},
     "dataset": {"Tree2DStream": ({}, dict(batch_gpu=8, rank=1, seed=3)),
                 "MDSImageStream": (dict(path=None, num_workers=0), dict(batch_gpu=4, rank=1, world_size=2, seed=3))},
     "optimizer": {name: ({"lr": 0.1}, {"params": [torch.nn.Parameter(torch.ones(2))]})
