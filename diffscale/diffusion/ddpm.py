@@ -118,7 +118,7 @@ class GaussianDiffusion:
             raise ConfigError(f"loss={loss!r} trains the variance: it needs variance='learned_range' "
                               f"(got {variance!r}); use loss='simple' with a fixed variance")
         self.rescale_timesteps = rescale_timesteps
-        self.num_timesteps = T = len(betas)
+        self.num_timesteps = len(betas)
         self.betas = betas
         alphas = 1.0 - betas
         ab = np.cumprod(alphas)
@@ -138,7 +138,6 @@ class GaussianDiffusion:
             "large_variance": np.append(self.posterior_variance[1], betas[1:]),
         }
         self._device_tables: dict[tuple, dict[str, torch.Tensor]] = {}
-        assert T == len(ab)
 
     # ----------------------------------------------------------------------------------------------- helpers
     def at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -11,19 +11,9 @@ new pairs, only its last K are kept, as appending them one by one would.
 """
 
 import torch
-import torch.distributed as dist
 
 from diffscale.errors import ConfigError
-from diffscale.utils.dist import is_dist
-
-
-def gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """Concatenation over ranks (rank order) of equally sized tensors [n, ...]; x itself without a process group."""
-    if not is_dist():
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+from diffscale.utils.dist import all_gather_rows
 
 
 class LossSecondMomentResampler:
@@ -69,7 +59,7 @@ class LossSecondMomentResampler:
     def update(self, t: torch.Tensor, losses: torch.Tensor, gather: bool = True) -> None:
         """Add this rank's (t [n], unweighted loss [n]) pairs, and (gather=True) every other rank's: collective."""
         if gather:
-            t, losses = gather_rows(t.long()), gather_rows(losses.double())
+            t, losses = all_gather_rows(t.long(), same_size=True), all_gather_rows(losses.double(), same_size=True)
         self._to(t.device)
         T, K = self.num_timesteps, self.history_per_term
         t = torch.where(losses.isfinite(), t.long(), T)  # non-finite losses go to the bin row

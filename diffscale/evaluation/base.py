@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from diffscale.errors import ConfigError
 from diffscale.evaluation.networks import check_weights
 from diffscale.sampling.guidance import Denoiser
-from diffscale.utils.dist import all_reduce_sum, get_world_size, is_dist
+from diffscale.utils.dist import all_reduce_sum
 
 
 class Evaluator:
@@ -127,21 +126,6 @@ class GaussianStats:
         mu = total / n
         cov = (outer - n * torch.outer(mu, mu)) / (n - 1)
         return n, mu.cpu().numpy(), cov.cpu().numpy()
-
-
-def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate [n_r, ...] from every rank in rank order (ranks may hold different n_r). Collective."""
-    if not is_dist() or get_world_size() == 1:
-        return x
-    world = get_world_size()
-    sizes = torch.zeros(world, dtype=torch.int64, device=x.device)
-    sizes[dist.get_rank()] = x.shape[0]
-    all_reduce_sum(sizes)
-    padded = torch.zeros(int(sizes.max()), *x.shape[1:], dtype=x.dtype, device=x.device)
-    padded[: x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(n)] for p, n in zip(parts, sizes, strict=True)])
 
 
 def ref_entry(ref: dict[str, np.ndarray] | None, evaluator: Evaluator, key: str) -> np.ndarray:

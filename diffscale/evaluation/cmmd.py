@@ -11,10 +11,10 @@ Kernel sums are taken in float64, in row blocks (50k x 50k never materialises), 
 import numpy as np
 import torch
 
-from diffscale.evaluation.base import FeatureEvaluator, all_gather_rows, ref_entry
+from diffscale.evaluation.base import FeatureEvaluator, ref_entry
 from diffscale.evaluation.networks import CLIPImageEmbedding
 from diffscale.registry import EVALUATORS
-from diffscale.utils.dist import all_reduce_sum, get_rank, get_world_size
+from diffscale.utils.dist import all_gather_rows, all_reduce_sum, get_rank, get_world_size
 
 SIGMA, SCALE = 10.0, 1000.0
 

@@ -16,11 +16,11 @@ import torch
 
 from diffscale.data.gmm import GaussianMixture2D
 from diffscale.data.toy import EXTENT, TREE_DEPTH, tree_mixture
-from diffscale.evaluation.base import Evaluator, all_gather_rows
+from diffscale.evaluation.base import Evaluator
 from diffscale.registry import EVALUATORS
 from diffscale.sampling.edm_heun import EDMHeunSampler
 from diffscale.sampling.guidance import Denoiser, guided
-from diffscale.utils.dist import broadcast_object, get_rank
+from diffscale.utils.dist import all_gather_rows, broadcast_object, get_rank
 
 SIGMAS = (0.005, 0.02, 0.1, 0.5, 2.0)
 

@@ -95,6 +95,27 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_rows(x: torch.Tensor, same_size: bool = False) -> torch.Tensor:
+    """Concatenate [n_r, ...] from every rank in rank order. Ranks may hold different n_r; `same_size=True` (every
+    rank holds the same n, e.g. one micro-batch each) skips the size exchange and its host sync, for use in the
+    training loop. Collective."""
+    if not is_dist() or get_world_size() == 1:
+        return x
+    world = get_world_size()
+    if same_size:
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+    sizes = torch.zeros(world, dtype=torch.int64, device=x.device)
+    sizes[dist.get_rank()] = x.shape[0]
+    all_reduce_sum(sizes)
+    padded = torch.zeros(int(sizes.max()), *x.shape[1:], dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(n)] for p, n in zip(parts, sizes, strict=True)])
+
+
 def broadcast_object(obj: object, src: int = 0) -> object:
     if not is_dist():
         return obj

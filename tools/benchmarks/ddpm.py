@@ -58,12 +58,10 @@ def bench_uvit_step(args: argparse.Namespace) -> dict:
 def _step(args: argparse.Namespace, config: str, model_cfg: dict) -> dict:
     """Trainer step vs bare step of `config` with its model replaced by `model_cfg` (see the module docstring)."""
     from diffscale.config import load_config
-    from diffscale.registry import MODELS, build
 
     batch, steps = args.ddpm_batch, args.ddpm_steps
     with tempfile.TemporaryDirectory(prefix="diffscale-bench-ddpm-") as tmp:
-        torch.manual_seed(0)
-        probe = build(MODELS, model_cfg, "model")
+        probe = _build_net(model_cfg)
         data = synthetic_mds(Path(tmp), max(64, batch), num_classes=max(probe.label_dim, 1),
                              resolution=probe.img_resolution)
         options = [f"train_cfg.batch_size={batch}", f"train_cfg.batch_gpu={batch}", "train_cfg.max_iters=1000000",
@@ -94,18 +92,18 @@ def _step(args: argparse.Namespace, config: str, model_cfg: dict) -> dict:
             "target_resampler_share": 0.01}
 
 
-def _build_net(args: argparse.Namespace):
+def _build_net(model_cfg: dict):
     from diffscale.registry import MODELS, build
 
     torch.manual_seed(0)
-    return build(MODELS, _model_cfg(args), "model")
+    return build(MODELS, model_cfg, "model")
 
 
 def bench_sampler(args: argparse.Namespace) -> dict:
     from diffscale.sampling.ddpm import DDIMSampler, DDPMSampler
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = _build_net(args).to(device).eval()
+    net = _build_net(_model_cfg(args)).to(device).eval()
     B, S = args.ddpm_batch, args.ddpm_sampler_steps
     shape = (B, net.img_channels, net.img_resolution, net.img_resolution)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
