@@ -1,6 +1,6 @@
 # DDPM on the 2D tree toy: the EDM baseline's data, MLP body, optimizer and schedule (configs/toy/tree2d_baseline.py)
-# with an eps-predicting discrete-time objective instead of EDM's, so that tools/toy_ddpm_report.py compares the
-# two at equal images seen (same iterations, same batch).
+# with an eps-predicting discrete-time objective instead of EDM's, so that tools/toy_objectives_report.py compares
+# EDM, DDPM and flow at equal images seen (same iterations, same batch).
 _base_ = [
     "../_base_/data/tree2d.py",
     "../_base_/schedules/toy_4k.py",

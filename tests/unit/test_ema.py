@@ -50,3 +50,22 @@ def test_first_update_copies_weights():
     ema = ParamEMA({"w": torch.zeros(3)}, ["pf"])
     ema.update({"w": torch.ones(3)}, {"pf": power_beta(5.0, 1)})
     assert torch.equal(ema.averages["pf"]["w"], torch.ones(3))
+
+
+def test_hook_interval_updates_the_decays_every_interval_steps_and_the_power_function_every_step():
+    """EMAHook(decays=(0.5,), interval=3): the classic average moves only at steps 3, 6, ... (the latent-flow seed's
+    decay 0.99 every 100 steps); the power-function average keeps its per-step profile."""
+    from diffscale.engine.hooks.ema import EMAHook
+
+    hook = EMAHook(stds=(0.10,), decays=(0.5,), interval=3)
+    history = [torch.tensor([float(t)]) for t in range(1, 8)]
+    ema = ParamEMA({"w": torch.zeros(1)}, list(hook.gammas) + list(hook.decays))
+    for step, w in enumerate(history, start=1):
+        ema.update({"w": w}, hook.betas(step))
+    expected = 0.0  # independent: lerp toward theta_t at t = 3 and 6 only
+    for step in (3, 6):
+        expected = 0.5 * expected + 0.5 * float(step)
+    assert ema.averages["decay_0.5"]["w"].item() == pytest.approx(expected)
+    assert set(hook.betas(4)) == {"pf_0.100"} and set(hook.betas(6)) == {"pf_0.100", "decay_0.5"}
+    with pytest.raises(Exception, match="interval"):
+        EMAHook(interval=0)
