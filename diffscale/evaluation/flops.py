@@ -28,7 +28,8 @@ ELEMENTWISE_OPS = (
     "aten::lerp", "aten::silu", "aten::gelu", "aten::sigmoid", "aten::exp", "aten::log", "aten::cos", "aten::sin",
     "aten::sqrt", "aten::rsqrt", "aten::reciprocal", "aten::pow", "aten::clamp", "aten::softmax",
     "aten::linalg_vector_norm", "aten::avg_pool2d", "aten::outer", "aten::ones_like", "aten::zeros_like",
-    "aten::one_hot", "aten::dropout", "aten::mean", "aten::sum",
+    "aten::one_hot", "aten::dropout", "aten::mean", "aten::sum", "aten::rms_norm", "aten::neg", "aten::where",
+    "aten::lt", "aten::embedding", "aten::unflatten",
 )
 
 

@@ -3,16 +3,33 @@ load and the tensors are on CUDA; else torch's scaled_dot_product_attention (whi
 math kernels itself). xformers is the optional extra `pip install -e ".[xformers]"`.
 
 Usability is decided once per dtype (the import and a tiny probe call), and each backend is logged once.
+`prefer(backend)` pins 'sdpa' for a benchmark's comparison (tools/benchmarks/flow.py) or restores the default.
 """
 
+import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 log = logging.getLogger("diffscale")
 _logged: set[str] = set()
+_preferred: str | None = None  # None: xformers when usable; 'sdpa': always torch
+
+
+@contextlib.contextmanager
+def prefer(backend: str | None) -> Iterator[None]:
+    """Within the block, attention uses `backend`: None (xformers when usable, else SDPA) or 'sdpa'."""
+    global _preferred
+    if backend not in (None, "sdpa"):
+        raise ValueError(f"attention backend: expected None or 'sdpa', got {backend!r}")
+    previous, _preferred = _preferred, backend
+    try:
+        yield
+    finally:
+        _preferred = previous
 
 
 @functools.cache
@@ -51,7 +68,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """softmax(q k^T / sqrt(d)) v for q, k, v of shape [B, heads, N, d] -> [B, heads, N, d]."""
     # Under autocast SDPA computes in the autocast dtype; do the same for xformers, which ignores autocast.
     dtype = torch.get_autocast_dtype("cuda") if q.is_cuda and torch.is_autocast_enabled("cuda") else q.dtype
-    if q.is_cuda and xformers_usable(dtype):
+    if q.is_cuda and _preferred is None and xformers_usable(dtype):
         _log_once("xformers.memory_efficient_attention")
         q, k, v = (t.to(dtype).transpose(1, 2) for t in (q, k, v))  # xformers takes [B, N, heads, d]
         return _xformers_ops().memory_efficient_attention(q, k, v).transpose(1, 2)  # same scale 1 / sqrt(d)
