@@ -3,7 +3,8 @@ load and the tensors are on CUDA; else torch's scaled_dot_product_attention (whi
 math kernels itself). xformers is the optional extra `pip install -e ".[xformers]"`.
 
 Usability is decided once per dtype (the import and a tiny probe call), and each backend is logged once.
-`prefer(backend)` pins 'sdpa' for a benchmark's comparison (tools/benchmarks/flow.py) or restores the default.
+`prefer('sdpa')` pins the torch kernels (attention here, SwiGLU in mlp.py) for a benchmark's comparison
+(tools/benchmarks/flow.py); `prefer(None)` is the default.
 """
 
 import contextlib
@@ -30,6 +31,11 @@ def prefer(backend: str | None) -> Iterator[None]:
         yield
     finally:
         _preferred = previous
+
+
+def xformers_allowed() -> bool:
+    """False inside `prefer('sdpa')`."""
+    return _preferred is None
 
 
 @functools.cache

@@ -13,7 +13,7 @@ import logging
 import torch
 from torch import nn
 
-from diffscale.models.layers.attention import _xformers_ops
+from diffscale.models.layers.attention import _xformers_ops, xformers_allowed
 
 log = logging.getLogger("diffscale")
 
@@ -48,7 +48,7 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Under autocast the torch path computes in the autocast dtype; the fused op gets it explicitly.
         dtype = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
-        if x.is_cuda and swiglu_usable(dtype):
+        if x.is_cuda and xformers_allowed() and swiglu_usable(dtype):
             return self._xformers(x, dtype)
         gate, up = self.w12(x).chunk(2, dim=-1)
         return self.w3(nn.functional.silu(gate) * up)
