@@ -1,6 +1,8 @@
 """Small datasets made inside tests (no downloads): Tiny ImageNet in its official layout, CIFAR-10 python
-batches, downsampled ImageNet 64x64 pickles and zips, and MDS shards written through the real converter."""
+batches, downsampled ImageNet 64x64 pickles and zips, MDS shards written through the real converter, and SD-VAE
+latents in tools/encode_latents.py's format."""
 
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -129,3 +131,24 @@ def make_imagenet64(root, batch_sizes=(5, 3), val=4) -> dict:
     with zipfile.ZipFile(root / "zips" / "Imagenet64_val.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         zf.write(root / "Imagenet64_val" / "val_data", "val_data")
     return expected
+
+
+def make_latents_mds(out_dir: Path, num_samples: int = 16, latent_shape: tuple[int, int, int] = (4, 8, 8),
+                     num_classes: int = 10, seed: int = 0) -> Path:
+    """A latents dataset in tools/encode_latents.py's format (diffscale/data/latents.py), written by its own part
+    writer from random moments: mean N(0, 1), log-variance in [-3, -1], float16; label i % num_classes."""
+    from diffscale.data.latents import merge_parts, part_name, write_part
+    from diffscale.data.mds import META_FILE
+
+    rng = np.random.default_rng(seed)
+    c, h, w = latent_shape
+    mean = rng.standard_normal((num_samples, 2, c, h, w)).astype(np.float32)
+    logvar = rng.uniform(-3, -1, (num_samples, 2, c, h, w)).astype(np.float32)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_part(out_dir / part_name(0), [np.concatenate([mean, logvar], axis=2)],
+               np.arange(num_samples) % num_classes, "float16")
+    merge_parts(out_dir, 1)
+    (out_dir / META_FILE).write_text(json.dumps({"kind": "latents", "scaling_factor": 0.18215, "num_samples":
+                                                 num_samples, "class_names": [f"c{k}" for k in range(num_classes)]}))
+    return out_dir

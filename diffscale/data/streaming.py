@@ -14,6 +14,13 @@ at the cursor: the next batch has the new size.
 Speed. The main process only plans index arrays; DataLoader workers gather whole batches from memory-mapped
 shards (diffscale/data/mds.py: one fancy index per shard touched), flip them as uint8, and scale them to float
 when training on the CPU; for a GPU the main process moves uint8 (pinned, non-blocking) and scales on the device.
+
+Latents (`latents=True`, datasets written by tools/encode_latents.py). Each sample stores the SD-VAE posterior of
+its image and of the image's mirror, moments [2, 2C, h, w] (mean and log-variance, unscaled). A batch takes the
+mirror's moments where the epoch's x-flip says so (the VAE is not flip-equivariant, so a latent is never flipped
+itself) and draws a fresh posterior sample z = (mean + exp(logvar / 2) * eps) * scaling_factor. eps comes from a
+generator seeded by (seed, cursor at the batch start, rank): a batch is still a pure function of the cursor and its
+size, so resume stays exact, and every epoch sees new noise.
 """
 
 import atexit
@@ -26,9 +33,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diffscale.data.mds import MDSIndex, ShardStore
+from diffscale.errors import ConfigError
 from diffscale.registry import DATASETS
 
 IMAGE_KEY, LABEL_KEY = "x", "label"  # the columns tools/convert_dataset.py writes
+MOMENTS_KEY = "moments"  # tools/encode_latents.py's instead of x: [2 (as is, mirrored), 2C (mean, logvar), h, w]
+SD_VAE_SCALING_FACTOR = 0.18215  # z's scale when diffscale.json gives none (SD-VAE's, as models/sd_vae.py)
+LATENT_NOISE_STREAM = 2  # a seed-sequence word that keeps the posterior noise apart from EpochOrder's draws
 
 
 class EpochOrder:
@@ -70,22 +81,28 @@ class EpochOrder:
 
 
 class _BatchReader(Dataset):
-    """Map-style dataset whose 'index' is a whole batch request (ids, flips, cursor after it).
+    """Map-style dataset whose 'index' is a whole batch request (ids, flips, cursor after it, cursor at its start).
 
     With `to_float` (training on the CPU) the workers also scale to float32, off the training process; for a
-    GPU they return uint8, which crosses PCIe in a quarter of the bytes and is scaled on the device."""
+    GPU they return uint8, which crosses PCIe in a quarter of the bytes and is scaled on the device.
+    `latents` = (scaling_factor, seed, rank): the workers draw posterior samples (float32 for either device)."""
 
-    def __init__(self, store: ShardStore, to_float: bool):
-        self.store, self.to_float = store, to_float
+    def __init__(self, store: ShardStore, to_float: bool, latents: tuple[float, int, int] | None = None):
+        self.store, self.to_float, self.latents = store, to_float, latents
 
     def __getitem__(self, request: tuple) -> dict:
-        ids, flips, epoch, pos = request
+        ids, flips, epoch, pos, start = request
         columns = self.store.gather(ids)
-        x = columns[IMAGE_KEY]  # [n, C, H, W] as stored
-        if flips is not None and flips.any():
-            x[flips] = x[flips][..., ::-1]  # the right side is a copy, so no aliasing
-        if self.to_float:
-            x = scale_images(x) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+        if self.latents is not None:
+            scale, seed, rank = self.latents
+            rng = np.random.default_rng([seed, *start, rank, LATENT_NOISE_STREAM])
+            x = sample_posterior(columns[MOMENTS_KEY], flips, scale, rng)
+        else:
+            x = columns[IMAGE_KEY]  # [n, C, H, W] as stored
+            if flips is not None and flips.any():
+                x[flips] = x[flips][..., ::-1]  # the right side is a copy, so no aliasing
+            if self.to_float:
+                x = scale_images(x) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
         label = columns[LABEL_KEY].reshape(len(ids)).astype(np.int64)
         return {"x": torch.from_numpy(x), "label": torch.from_numpy(label), "epoch": epoch, "pos": pos}
 
@@ -102,10 +119,25 @@ def scale_images(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def sample_posterior(moments: np.ndarray, flips: np.ndarray | None, scale: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """float32 [n, C, h, w] z = (mean + exp(logvar / 2) * eps) * scale from stored moments [n, 2, 2C, h, w]
+    (index 1 of the second axis where `flips`, else 0), eps ~ N(0, 1) from `rng`; one vectorised draw."""
+    picked = moments[np.arange(len(moments)), flips.astype(np.intp)] if flips is not None else moments[:, 0]
+    picked = picked.astype(np.float32)
+    c = picked.shape[1] // 2
+    z = np.exp(np.float32(0.5) * picked[:, c:])
+    z *= rng.standard_normal(z.shape, dtype=np.float32)
+    z += picked[:, :c]
+    z *= np.float32(scale)
+    return z
+
+
 def _requests(order: EpochOrder, epoch: int, pos: int, batch_gpu: int) -> Iterator[tuple]:
     while True:
+        start = (epoch, pos)  # seeds a latent batch's posterior noise
         ids, flips, epoch, pos = order.take(epoch, pos, batch_gpu)
-        yield ids, flips, epoch, pos
+        yield ids, flips, epoch, pos, start
 
 
 def _ignore_sigterm(worker_id: int) -> None:
@@ -130,8 +162,9 @@ def _close_all() -> None:
 class MDSImageStream:
     """Endless batches {'x': float32 [batch_gpu, C, H, W] on `device`, 'label': int64 [batch_gpu]} from the MDS
     dataset at `path`. uint8 images are scaled to [-1, 1]; float data (latents) are returned as stored, in
-    float32. The trainer passes batch_gpu, rank, world_size, seed and device; `batch_gpu` may be changed
-    between batches."""
+    float32; with `latents` posterior samples of SD-VAE moments (module docstring) are returned, [C, h, w] =
+    (4, resolution / 8, resolution / 8). The trainer passes batch_gpu, rank, world_size, seed and device;
+    `batch_gpu` may be changed between batches."""
 
     def __init__(
         self,
@@ -148,12 +181,13 @@ class MDSImageStream:
         prefetch_factor: int = 2,  # batches in flight per worker
         download_timeout_s: float = 60.0,
         config_key: str = "data.train",  # how errors name this loader's config entry
+        latents: bool = False,  # SD-VAE moments (tools/encode_latents.py): draw z from the posterior per sample
     ):
         self.index, remote = MDSIndex.open(path, local, config_key, download_timeout_s)
-        missing = {IMAGE_KEY, LABEL_KEY} - set(self.index.columns)
-        if missing:
-            raise ValueError(f"{config_key}.path: '{path}' has columns {sorted(self.index.columns)}, "
-                             f"lacks {sorted(missing)}")
+        self.latents = latents
+        self._check_columns(path, config_key)
+        self.scaling_factor = float(self.index.meta.get("scaling_factor", SD_VAE_SCALING_FACTOR))
+        self.seed, self.rank = seed, rank
         self.store = ShardStore(self.index, remote, download_timeout_s)
         self.order = EpochOrder(self.index.num_samples, rank, world_size, seed, shuffle, xflip)
         self.batch_gpu, self.device = batch_gpu, torch.device(device)
@@ -162,6 +196,24 @@ class MDSImageStream:
         self._batches: Iterator[dict] | None = None  # live DataLoader iterator, prefetching ahead of the cursor
         self._batches_size = 0  # the batch size it was started with
 
+    def _check_columns(self, path: str, config_key: str) -> None:
+        """The columns `latents` needs, or an error saying which setting or tool fits the dataset."""
+        columns = self.index.columns
+        wanted = {MOMENTS_KEY, LABEL_KEY} if self.latents else {IMAGE_KEY, LABEL_KEY}
+        missing = wanted - set(columns)
+        if not self.latents and IMAGE_KEY in missing and MOMENTS_KEY in columns:
+            raise ConfigError(f"{config_key}.path: '{path}' holds SD-VAE latents (column '{MOMENTS_KEY}', "
+                              f"tools/encode_latents.py); set {config_key}.latents=True")
+        if self.latents and MOMENTS_KEY in missing:
+            raise ConfigError(f"{config_key}.latents=True: '{path}' has columns {sorted(columns)}, not "
+                              f"'{MOMENTS_KEY}'; encode images into latents with tools/encode_latents.py")
+        if missing:
+            raise ValueError(f"{config_key}.path: '{path}' has columns {sorted(columns)}, lacks {sorted(missing)}")
+        if self.latents and (len(columns[MOMENTS_KEY].shape) != 4 or columns[MOMENTS_KEY].shape[0] != 2
+                             or columns[MOMENTS_KEY].shape[1] % 2):
+            raise ConfigError(f"{config_key}.path: '{path}' column '{MOMENTS_KEY}' has shape "
+                              f"{columns[MOMENTS_KEY].shape}, expected [2 (image, mirror), 2C (mean, logvar), h, w]")
+
     # ------------------------------------------------------------------ what the dataset holds
     @property
     def num_samples(self) -> int:
@@ -169,7 +221,10 @@ class MDSImageStream:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """(C, H, W) of one example."""
+        """(C, H, W) of one example (latents: of one posterior sample z)."""
+        if self.latents:
+            _, channels2, h, w = self.index.columns[MOMENTS_KEY].shape
+            return (channels2 // 2, h, w)
         return self.index.columns[IMAGE_KEY].shape
 
     @property
@@ -202,7 +257,8 @@ class MDSImageStream:
         """(Re)start the workers' prefetch at the cursor with the current batch size."""
         self.close()
         workers = self.num_workers
-        reader = _BatchReader(self.store, to_float=self.device.type != "cuda")
+        latents = (self.scaling_factor, self.seed, self.rank) if self.latents else None
+        reader = _BatchReader(self.store, to_float=self.device.type != "cuda", latents=latents)
         loader = DataLoader(
             reader, batch_size=None,  # each request is already a whole batch
             sampler=_requests(self.order, self.epoch, self.pos, self.batch_gpu),

@@ -16,6 +16,7 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
               "DDPMUNet": (dict(preset="tiny", emb_ch=8, t_dim=16, c_dim=16), {}),
               "DDPMNet": (dict(net=NET, label_dim=2), {}),
               "UViT": (dict(preset="tiny", embed_dim=16), {}), "FlowDiT": (dict(preset="tiny"), {}),
+              "SDVAE": (dict(random_init=True, parts="decoder"), {}),
               "DeeDiffUViT": (dict(preset="tiny", embed_dim=16, classifier_type="mlp_probe_per_timestep",
                                    num_timesteps=8), {}),
               "EDM2Precond": (dict(net=dict(type="EDM2UNet", preset="tiny-xxs", channels=16, channels_per_head=16)),

@@ -87,14 +87,16 @@ def bare_step(trainer) -> Callable[[], None]:
     """The bare loop's step: the trainer's model config, seed, objective, optimizer config and loader; nothing
     else (no grad norm, finite check, forced weight normalisation after the step, or hooks). The in-forward
     forced weight normalisation of EDM2 (models/layers/mp.py) runs in both, as in EDM2's own training loop."""
+    from diffscale.config import part_specs
     from diffscale.engine.precision import autocast
     from diffscale.registry import MODELS, OBJECTIVES, OPTIMIZERS, build
 
     cfg, device = trainer.cfg, trainer.dist.device
+    spec = part_specs(cfg)[trainer.objective.score_part]  # the one-part shorthand or the scored part of `parts`
     torch.manual_seed(cfg.train_cfg.seed)
-    model = build(MODELS, cfg.model, "model").to(device)
+    model = build(MODELS, spec["model"], "model").to(device)
     objective = build(OBJECTIVES, cfg.objective, "objective")
-    optimizer = build(OPTIMIZERS, dict(cfg.optimizer), "optimizer", params=list(model.parameters()))
+    optimizer = build(OPTIMIZERS, dict(spec["optimizer"]), "optimizer", params=list(model.parameters()))
     generator = torch.Generator(device).manual_seed(1)
 
     def step() -> None:
