@@ -14,6 +14,9 @@ add_arguments(parser) for its own options. Suites (see each module's docstring f
                  U-ViT), ddpm_sampler (DDIM / DDPM sampling step vs the network's forward)
   deediff.py     deediff_exit (DDIM sampling with real / simulated / no early exit vs the plain network; realised
                  vs ideal FLOP saving)
+  flow.py        flow_step (FlowDiT DiT-B/2 step in the trainer vs bare), flow_gpu (bf16 img/s and MFU with SDPA,
+                 xformers and torch.compile; CUDA only), flow_encode (tools/encode_latents.py's loop vs the VAE
+                 encoder's forward)
 """
 
 import argparse
