@@ -15,6 +15,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """`one_thread` for a whole module, module-scoped fixtures included: CPU convolutions differ in their last bits
+    between thread counts, so outputs a module compares bitwise must all come from one setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def single_rank_group():
     """A one-process gloo group (FSDP2 on a single rank), torn down after the test."""

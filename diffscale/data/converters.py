@@ -497,8 +497,6 @@ def write_shards(out_dir: Path, samples: Iterator[tuple[np.ndarray, int] | None]
 def verify(out_dir: Path, meta: dict) -> None:
     """Read the output back: sample count and label histogram must equal what was written from the input, and
     our memory-mapped reader must agree with mosaic's own reader on the first and the last sample."""
-    from streaming.base.format import reader_from_json
-
     index, _ = MDSIndex.open(str(out_dir), key="--output")
     store = ShardStore(index)
     labels = store.column("label")
@@ -507,12 +505,20 @@ def verify(out_dir: Path, meta: dict) -> None:
         raise ConversionError(f"{out_dir}: read back {index.num_samples} samples with label histogram "
                               f"{None if counts is None else counts.tolist()}, expected {meta['num_samples']} "
                               f"and {meta['label_counts']}")
+    check_against_mosaic(out_dir, index, store, "x")
+
+
+def check_against_mosaic(out_dir: Path, index: MDSIndex, store: ShardStore, column: str) -> None:
+    """Our memory-mapped reader agrees with mosaic's own reader on `column` and the label of the first and the
+    last sample of the dataset at `out_dir`."""
+    from streaming.base.format import reader_from_json
+
     shards = json.loads((out_dir / INDEX_FILE).read_text())["shards"]
     for sample_id in (0, index.num_samples - 1):
         shard = int(np.searchsorted(index.starts, sample_id, side="right") - 1)
         theirs = reader_from_json(str(out_dir), None, shards[shard]).get_item(sample_id - int(index.starts[shard]))
         ours = store.gather(np.array([sample_id]))
-        if not (np.array_equal(theirs["x"], ours["x"][0]) and theirs["label"] == ours["label"][0]):
+        if not (np.array_equal(theirs[column], ours[column][0]) and theirs["label"] == ours["label"][0]):
             raise ConversionError(f"{out_dir}: sample {sample_id} reads differently with mosaic's reader")
 
 

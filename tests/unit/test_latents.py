@@ -20,13 +20,9 @@ from tests.data_helpers import class_image, make_mds
 RES = 32  # encoding runs the full SD-VAE on the CPU: keep the images small
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The VAE's convolutions run faster on one intra-op thread than on two fighting over a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The VAE's convolutions run faster on one intra-op thread than on two fighting over a busy 2-core machine, and
+# encodings compared bitwise must come from one thread count.
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

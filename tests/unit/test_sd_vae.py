@@ -16,13 +16,9 @@ PUBLISHED_CONFIG = {
 PUBLISHED_PARAMS = 83_653_863  # sd-vae-ft-ema's diffusion_pytorch_model.safetensors
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The VAE's convolutions run faster on one intra-op thread than on two fighting over a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The VAE's convolutions run faster on one intra-op thread than on two fighting over a busy 2-core machine, and
+# encodings compared bitwise must come from one thread count.
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
