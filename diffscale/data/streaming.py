@@ -12,8 +12,9 @@ batch sizes came before. Changing `batch_gpu` (the curation hook switches b <-> 
 at the cursor: the next batch has the new size.
 
 Speed. The main process only plans index arrays; DataLoader workers gather whole batches from memory-mapped
-shards (diffscale/data/mds.py: one fancy index per shard touched), flip them as uint8, and scale them to float
-when training on the CPU; for a GPU the main process moves uint8 (pinned, non-blocking) and scales on the device.
+shards (diffscale/data/mds.py: one fancy index per shard touched; compressed shards are decompressed and png / jpeg /
+pil images decoded there too, in the workers), flip them as uint8, and scale them to float when training on the CPU;
+for a GPU the main process moves uint8 (pinned, non-blocking) and scales on the device.
 
 Latents (`latents=True`, datasets written by tools/encode_latents.py). Each sample stores the SD-VAE posterior of
 its image and of the image's mirror, moments [2, 2C, h, w] (mean and log-variance, unscaled). A batch takes the
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from diffscale.data.mds import MDSIndex, ShardStore
+from diffscale.data.mds import SUPPORTED_ENCODINGS, MDSIndex, ShardStore
 from diffscale.errors import ConfigError
 from diffscale.registry import DATASETS
 
@@ -89,10 +90,11 @@ class _BatchReader(Dataset):
 
     def __init__(self, store: ShardStore, to_float: bool, latents: tuple[float, int, int] | None = None):
         self.store, self.to_float, self.latents = store, to_float, latents
+        self.names = (MOMENTS_KEY if latents is not None else IMAGE_KEY, LABEL_KEY)  # other columns are not decoded
 
     def __getitem__(self, request: tuple) -> dict:
         ids, flips, epoch, pos, start = request
-        columns = self.store.gather(ids)
+        columns = self.store.gather(ids, self.names)  # decompresses / decodes here, in the worker
         if self.latents is not None:
             scale, seed, rank = self.latents
             rng = np.random.default_rng([seed, *start, rank, LATENT_NOISE_STREAM])
@@ -198,17 +200,24 @@ class MDSImageStream:
 
     def _check_columns(self, path: str, config_key: str) -> None:
         """The columns `latents` needs, or an error saying which setting or tool fits the dataset."""
-        columns = self.index.columns
-        wanted = {MOMENTS_KEY, LABEL_KEY} if self.latents else {IMAGE_KEY, LABEL_KEY}
-        missing = wanted - set(columns)
-        if not self.latents and IMAGE_KEY in missing and MOMENTS_KEY in columns:
+        columns, stored = self.index.columns, sorted(self.index.column_encodings)
+        image = MOMENTS_KEY if self.latents else IMAGE_KEY
+        if not self.latents and IMAGE_KEY not in stored and MOMENTS_KEY in columns:
             raise ConfigError(f"{config_key}.path: '{path}' holds SD-VAE latents (column '{MOMENTS_KEY}', "
                               f"tools/encode_latents.py); set {config_key}.latents=True")
-        if self.latents and MOMENTS_KEY in missing:
-            raise ConfigError(f"{config_key}.latents=True: '{path}' has columns {sorted(columns)}, not "
+        if self.latents and MOMENTS_KEY not in stored:
+            raise ConfigError(f"{config_key}.latents=True: '{path}' has columns {stored}, not "
                               f"'{MOMENTS_KEY}'; encode images into latents with tools/encode_latents.py")
+        for name in (image, LABEL_KEY):
+            if name in self.index.unread:
+                raise ConfigError(f"{config_key}.path: '{path}' column '{name}' has the encoding "
+                                  f"'{self.index.unread[name]}', which the loader does not read; it reads "
+                                  + SUPPORTED_ENCODINGS)
+        missing = [name for name in (image, LABEL_KEY) if name not in stored]
         if missing:
-            raise ValueError(f"{config_key}.path: '{path}' has columns {sorted(columns)}, lacks {sorted(missing)}")
+            raise ConfigError(f"{config_key}.path: '{path}' has columns {stored}, lacks {missing}: the loader reads "
+                              f"the image from column '{image}' and the class from '{LABEL_KEY}' (the names "
+                              "tools/convert_dataset.py writes); rename the columns when writing the shards")
         if self.latents and (len(columns[MOMENTS_KEY].shape) != 4 or columns[MOMENTS_KEY].shape[0] != 2
                              or columns[MOMENTS_KEY].shape[1] % 2):
             raise ConfigError(f"{config_key}.path: '{path}' column '{MOMENTS_KEY}' has shape "
