@@ -6,6 +6,8 @@ Every failure is a ConfigError whose message names the key and what was expected
 
 import ast
 import inspect
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +85,200 @@ def _get(cfg: Any, dotted: str) -> Any:
     return node
 
 
+# --cfg-options values -------------------------------------------------------------------------------------------
+_QUOTES = "'\""
+
+
+def _scan(text: str) -> list[tuple[int, str, int]]:
+    """(index, char, bracket depth) of every char of `text` outside quotes; a closing bracket has the depth of
+    what it closes, so the commas at depth 0 separate the top-level elements."""
+    out, depth, quote = [], 0, None
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+            continue
+        if ch in _QUOTES:
+            quote = ch
+            continue
+        depth -= ch in ")]"
+        out.append((i, ch, depth))
+        depth += ch in "(["
+    return out
+
+
+def _split_top(text: str) -> list[str]:
+    """The elements of a comma-separated `text` (commas inside brackets or quotes do not split); as mmengine's
+    DictAction, a trailing comma adds no element."""
+    cuts = [i for i, ch, depth in _scan(text) if ch == "," and depth == 0]
+    items = [text[a + 1:b] for a, b in zip([-1, *cuts], [*cuts, len(text)], strict=True)]
+    return items[:-1] if items and not items[-1].strip() else items
+
+
+def _enclosed(text: str) -> bool:
+    """True when `text` is one bracketed group: '[1, 2]' or '(a, b)', not '(1)(2)'."""
+    if text[:1] not in ("(", "["):
+        return False
+    closes = [i for i, ch, depth in _scan(text) if ch in ")]" and depth == 0]
+    return closes[:1] == [len(text) - 1]
+
+
+def _parse_scalar(text: str) -> Any:
+    """mmengine's DictAction rules for one element: int, float, true / false in any case, else the string;
+    'None' (and, unlike mmengine, 'none') is None, so `ema=none` means no average rather than one named 'none'."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    word = text.lower()
+    if word in ("true", "false"):
+        return word == "true"
+    return None if word == "none" else text
+
+
+def _parse_loose(text: str) -> Any:
+    """What mmengine's DictAction makes of a value that is no Python literal: '[a, true]' is ['a', True],
+    '(1, x)' a tuple, 'a,b' a list, a quoted element its text. Unlike mmengine, spaces inside an element are kept
+    (a path may have some)."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in _QUOTES:
+        return text[1:-1]
+    if _enclosed(text):
+        values = [_parse_loose(item) for item in _split_top(text[1:-1])]
+        return tuple(values) if text[0] == "(" else values
+    if any(ch == "," and depth == 0 for _, ch, depth in _scan(text)):  # each element is shorter than `text`
+        return [_parse_loose(item) for item in _split_top(text)]
+    return _parse_scalar(text)
+
+
 def _parse_value(text: str) -> Any:
-    """`--cfg-options` values are Python literals (1, 0.5, 'x', [1, 2], None, True); anything else a string."""
+    """A `--cfg-options` value: a Python literal (1, 0.5, 'x', [1, 2], {'a': 1}, None, True) when it is one, else
+    read by mmengine's DictAction rules (`_parse_loose`: false, none, [1,2,a], a,b); a bare 'a,b' is a list as in
+    mmengine, never a tuple."""
+    text = text.strip()
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return _parse_loose(text)
+    if isinstance(value, tuple) and not text.startswith("("):
+        return list(value)
+    return value
+
+
+# --cfg-options keys ---------------------------------------------------------------------------------------------
+# Registries hinted by where a component sits (the last key of its path); any other typed dict is looked up in all.
+_REGISTRY_BY_KEY = {"model": R.MODELS, "net": R.MODELS, "objective": R.OBJECTIVES, "sampler": R.SAMPLERS,
+                    "selector": R.SELECTORS, "optimizer": R.OPTIMIZERS, "lr_schedule": R.LR_SCHEDULES,
+                    "strategy": R.STRATEGIES, "train": R.DATASETS, "val": R.DATASETS}
+_REGISTRY_BY_LIST = {"hooks": R.HOOKS, "evaluators": R.EVALUATORS}
+_HOOK_KEYS = ("name",)  # taken by the trainer, not by the hook's constructor
+
+
+def _registry_hint(parent_key: str) -> Any | None:
+    head, _, last = parent_key.rpartition(".")
+    if last.isdigit():
+        return _REGISTRY_BY_LIST.get(head)
+    return _REGISTRY_BY_KEY.get(last)
+
+
+def _component_class(parent: Any, parent_key: str) -> Any | None:
+    """The class (or function) a dict with `type` is built from, when that type is a class or a registered name;
+    None for a plain dict or a type no registry knows (validation reports that one)."""
+    type_ = parent.get("type")
+    if inspect.isclass(type_) or inspect.isfunction(type_):
+        return type_
+    if not isinstance(type_, str):
+        return None
+    hint = _registry_hint(parent_key)
+    for registry in [hint, *R.ALL] if hint is not None else R.ALL:
+        registry.import_from_location()
+        # module_dict, not Registry.get: get() imports any dotted name as a module path
+        if type_ in registry.module_dict:
+            return registry.module_dict[type_]
+    return None
+
+
+def _documented_keys(parent_key: str) -> set[str]:
+    """Keys that may be set under `parent_key` although the file does not write them: the schema's, train_cfg's
+    and test_cfg's defaults, and the keys of a part."""
+    keys = {d.rpartition(".")[2] for d, _, _ in SCHEMA if d.rpartition(".")[0] == parent_key}
+    if not parent_key:
+        keys |= {"parts", "test_cfg", *SHORTHAND, *(k for k in COMPONENT_REGISTRIES if "." not in k)}
+    elif parent_key == "train_cfg":
+        keys |= set(TRAIN_DEFAULTS)
+    elif parent_key == "test_cfg":
+        from diffscale.evaluation.pipeline import TEST_DEFAULTS  # heavy (torch, samplers): only when needed
+
+        keys |= set(TEST_DEFAULTS)
+    elif parent_key.startswith("parts.") and parent_key.count(".") == 1:
+        keys |= set(PART_SCHEMA)
+    return keys
+
+
+def _parameters(cls: Any) -> tuple[dict[str, inspect.Parameter], bool]:
+    """The keyword arguments `cls` takes, and whether it takes any other (**kwargs, or a signature that cannot be
+    read)."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return {}, True
+    named = {n: p for n, p in params.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _flag_kinds(param: inspect.Parameter) -> tuple[type, ...] | None:
+    """(bool,) or (bool, NoneType) when `param` is a flag (by its annotation, else its default); else None."""
+    annotation = param.annotation
+    if annotation is inspect.Parameter.empty:
+        return (bool,) if isinstance(param.default, bool) else None
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kinds = typing.get_args(annotation) if union else (annotation,)
+    return kinds if bool in kinds and set(kinds) <= {bool, type(None)} else None
+
+
+def _check_flag(dotted: str, value: Any, kinds: tuple[type, ...] | None) -> None:
+    # 1 and 0 are no flags either (int is no bool subclass): a value must not switch a feature by its truthiness.
+    if kinds is not None and not isinstance(value, kinds):
+        raise ConfigError(f"{dotted}: expected {_kind_name(kinds)} (true or false), got {type(value).__name__} "
+                          f"{value!r}")
+
+
+def _check_argument(cls: Any, dotted: str, parent: Any, parent_key: str, leaf: str, value: Any) -> None:
+    """`leaf` must be an argument of the component's constructor (anything, when it takes **kwargs), or already
+    written in the file (the build reports it); a flag argument takes only a bool."""
+    params, takes_any = _parameters(cls)
+    if leaf in params:
+        _check_flag(dotted, value, _flag_kinds(params[leaf]))
+        return
+    if takes_any or leaf in parent or leaf == "type" or (_registry_hint(parent_key) is R.HOOKS and leaf in _HOOK_KEYS):
+        return
+    name = getattr(cls, "__name__", str(cls))
+    raise ConfigError(f"--cfg-options {dotted}: {name} takes no argument '{leaf}'; closest: "
+                      f"{closest(leaf, [p for p in params if p != 'self']) or '(none)'}")
+
+
+def _check_key(dotted: str, parent: Any, parent_key: str, leaf: str, value: Any) -> None:
+    """Raise ConfigError unless `parent[leaf] = value` sets something a run reads (so a typo cannot pass)."""
+    if not _is_mapping(parent):
+        raise ConfigError(f"--cfg-options {dotted}: unknown key '{leaf}' in '{parent_key or '<root>'}'; "
+                          f"closest: (none)")
+    if isinstance(parent.get(leaf), bool) and isinstance(value, str):  # the file says this is a flag
+        _check_flag(dotted, value, (bool,))
+    cls = _component_class(parent, parent_key) if "type" in parent else None
+    if cls is not None:
+        _check_argument(cls, dotted, parent, parent_key, leaf, value)
+        return
+    names = set(parent.keys()) | _documented_keys(parent_key)
+    if leaf not in names:
+        raise ConfigError(f"--cfg-options {dotted}: unknown key '{leaf}' in '{parent_key or '<root>'}'; "
+                          f"closest: {closest(leaf, names) or '(none)'}")
 
 
 def apply_options(cfg: Config, options: list[str]) -> None:
-    """Apply `a.b=c` overrides. Only keys that already exist may be set, so a typo cannot pass silently."""
+    """Apply `a.b=c` overrides. A key may be one the file writes, an argument of the component (a dict with a
+    registered `type`) it sits in, or a documented key (SCHEMA, TRAIN_DEFAULTS, test_cfg, a part's); anything
+    else is a ConfigError with the closest names, so a typo cannot pass silently."""
     for option in options:
         if "=" not in option:
             raise ConfigError(f"--cfg-options '{option}': expected KEY=VALUE")
@@ -102,16 +288,14 @@ def apply_options(cfg: Config, options: list[str]) -> None:
             parent = _get(cfg, parent_key) if parent_key else cfg
         except KeyError:
             raise ConfigError(f"--cfg-options {dotted}: unknown key '{parent_key}'") from None
-        if isinstance(parent, list) and leaf.isdigit() and int(leaf) < len(parent):
-            parent[int(leaf)] = _parse_value(text)
+        value = _parse_value(text)
+        if isinstance(parent, (list, tuple)) and leaf.isdigit() and int(leaf) < len(parent):
+            if isinstance(parent, tuple):
+                raise ConfigError(f"--cfg-options {dotted}: '{parent_key}' is a tuple; set it whole")
+            parent[int(leaf)] = value
             continue
-        if not _is_mapping(parent) or leaf not in parent:
-            names = list(parent.keys()) if _is_mapping(parent) else []
-            raise ConfigError(
-                f"--cfg-options {dotted}: unknown key '{leaf}' in '{parent_key or '<root>'}'; "
-                f"closest: {closest(leaf, names) or '(none)'}"
-            )
-        parent[leaf] = _parse_value(text)
+        _check_key(dotted, parent, parent_key, leaf, value)
+        parent[leaf] = value
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:

@@ -2,8 +2,10 @@
 """tools/export_checkpoint.py CKPT OUT [--part NAME]: write the consolidated weights and EMA averages of every
 part of a checkpoint of any strategy (ddp, fsdp, deepspeed) as one safetensors file. Keys: '<part>.<param>' and
 'ema.<part>.<average>.<param>' (e.g. 'ema.generator.pf_0.050.net.inp.weight'); a run whose only part is 'model'
-keeps 'model.<param>' and 'ema.<average>.<param>'. `--part` writes that part alone. The metadata holds step,
-nimg, strategy, parts and the average names."""
+keeps 'model.<param>' and 'ema.<average>.<param>'. Each average is a complete state dict (the part's buffers
+beside the averaged parameters): the keys under 'ema.pf_0.050.' alone load strictly into a freshly built model.
+`--part` writes that part alone. The metadata holds step, nimg, strategy, parts and the average names (they hold
+dots: read them from there rather than splitting keys)."""
 
 import argparse
 import json

@@ -5,7 +5,9 @@ Layout of a checkpoint directory (written by the strategies, docs/architecture.m
 deepspeed: `ds/<part>/` per trainable part, `<part>.pt` per frozen part, `mirrors.pt` (EMA) for all.
 
 Flat export keys (tools/export_checkpoint.py): `<part>.<param>` and `ema.<part>.<average>.<param>`; a run whose
-only part is `model` keeps the one-part names `model.<param>` and `ema.<average>.<param>`.
+only part is `model` keeps the one-part names `model.<param>` and `ema.<average>.<param>`. Every `ema.` group is a
+whole state dict (the part's buffers beside the averaged parameters). Average names hold dots ('pf_0.050',
+'decay_0.9999'), so a reader takes them from the metadata's `averages`, never by splitting keys.
 """
 
 import tempfile
@@ -69,9 +71,17 @@ def consolidate(ckpt: str | Path) -> tuple[PartStates, dict[str, PartStates], di
     return ({n: _fp32(s) for n, s in states.items()}, {n: _averages(m) for n, m in mirrors.items()}, meta)
 
 
+def complete_average(state: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict of `state`'s model with the averaged `params` in place: an average holds the trainable
+    parameters only, so the buffers (and any frozen parameters) come from the raw state, in its key order. They are
+    copies: safetensors refuses to write one tensor under several names."""
+    return {k: params[k] if k in params else v.clone() for k, v in state.items()} | params
+
+
 def flat_weights(ckpt: str | Path, part: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """One flat dict as the export file holds it (module docstring), of every part or only `part`; and metadata
-    (step, nimg, strategy, parts, averages: the names after 'ema.')."""
+    (step, nimg, strategy, parts, averages: the names after 'ema.', e.g. 'pf_0.050' or 'generator.pf_0.050').
+    Each average is a complete state dict (its buffers included): `ema.<average>.*` alone loads strictly."""
     states, averages, meta = consolidate(ckpt)
     if part is not None:
         if part not in states:
@@ -83,6 +93,6 @@ def flat_weights(ckpt: str | Path, part: str | None = None) -> tuple[dict[str, t
         flat.update({f"{name}.{k}": v for k, v in state.items()})
         prefix = ema_prefix(name, names)
         for avg, params in averages[name].items():
-            flat.update({f"{prefix}{avg}.{k}": v for k, v in params.items()})
+            flat.update({f"{prefix}{avg}.{k}": v for k, v in complete_average(state, params).items()})
             average_names.append(f"{prefix}{avg}"[len("ema."):])
     return flat, dict(meta, parts=names, averages=sorted(average_names))

@@ -34,6 +34,34 @@ def _pick_part(parts: list[str], part: str | None, path: Path, key: str) -> str:
     return part
 
 
+def _average_names(meta: dict, flat: dict, prefix: str, state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the averages under `prefix` ('ema.' or 'ema.<part>.') in an export. Names hold dots
+    ('pf_0.050', 'decay_0.9999'), so they come from the metadata (`averages`: the names after 'ema.',
+    '<part>.<average>' in multi-part exports), never from splitting keys; an export without that metadata gets
+    them from its keys, as what stands between `prefix` and one of the part's own entries (`state`)."""
+    if "averages" in meta:
+        listed = json.loads(meta["averages"])
+        head = prefix[len("ema."):]  # '' or '<part>.'
+        return [n[len(head):] for n in listed if n.startswith(head)]
+    found = set()
+    for key in flat:
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            entries = [e for e in state if rest.endswith(f".{e}")]
+            if entries:
+                found.add(rest[:-len(max(entries, key=len)) - 1])
+    return sorted(found)
+
+
+def _average_of(flat: dict, prefix: str, ema: str, names: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors of average `ema` under `prefix`; a key that also fits a longer known name (e.g. 'pf_0' and
+    'pf_0.100') belongs to that one."""
+    longer = [f"{prefix}{n}." for n in names if n != ema and n.startswith(f"{ema}.")]
+    start = f"{prefix}{ema}."
+    return {k[len(start):]: v for k, v in flat.items()
+            if k.startswith(start) and not any(k.startswith(other) for other in longer)}
+
+
 def _from_export(path: Path, ema: str | None, part: str | None, key: str) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
@@ -47,12 +75,12 @@ def _from_export(path: Path, ema: str | None, part: str | None, key: str) -> dic
     state = {k[len(part) + 1:]: v for k, v in flat.items() if k.startswith(f"{part}.")}
     if ema is None:
         return state
-    prefix = f"{ema_prefix(part, parts)}{ema}."
-    averages = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
-    if not averages:
-        names = json.loads(meta["averages"]) if "averages" in meta else "unknown"
-        raise ConfigError(f"{key}: '{path}' has no average '{ema}' of part '{part}' (it has: {names})")
-    return {**state, **averages}
+    prefix = ema_prefix(part, parts)
+    names = _average_names(meta, flat, prefix, state)
+    if ema not in names:
+        raise ConfigError(f"{key}: '{path}' has no average '{ema}' of part '{part}' (it has: {names or 'none'})")
+    # Older exports hold the averaged parameters only: the part's buffers come from its raw state.
+    return {**state, **_average_of(flat, prefix, ema, names)}
 
 
 def load_weights(path: Path, ema: str | None, part: str | None = None, key: str = "checkpoint") -> dict:

@@ -15,10 +15,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def latest_points(points: list[dict]) -> list[dict]:
+    """The validation curve of the attempt that finished. ValidationHook appends to val_loss.jsonl, so a resumed
+    run writes again from its checkpoint's step (with train_seconds restored from that checkpoint, below what the
+    interrupted attempt had reached) and a run restarted in the same work_dir from step 0: the points a later one
+    rewrote are dropped, so that the curve only moves forward, in steps and in wall time."""
+    kept: list[dict] = []
+    for point in points:
+        while kept and kept[-1]["step"] >= point["step"]:
+            kept.pop()
+        kept.append(point)
+    return kept
+
+
 def load_run(work_dir: Path, ema: str) -> dict:
     """{'curve': [{step, nimg, train_seconds, loss}], 'metrics': {variant: {metric: value}}} of the final step,
     restricted to the raw weights' and the average `ema`'s variants."""
-    curve = [json.loads(line) for line in (work_dir / "val_loss.jsonl").read_text().splitlines()]
+    lines = (work_dir / "val_loss.jsonl").read_text().splitlines()
+    curve = latest_points([json.loads(line) for line in lines if line.strip()])
     all_metrics = json.loads((work_dir / "toy_metrics.json").read_text())
     final = all_metrics[max(all_metrics, key=int)]
     return {"curve": curve, "metrics": {k: v for k, v in final.items() if k == "raw" or k.startswith(ema)}}

@@ -1,11 +1,12 @@
 """The toy report's aggregation: examples-to-target, mean ± std over seeds, the markdown table."""
 
+import json
 import math
 import statistics
 
 import pytest
 
-from diffscale.evaluation.toy_report import markdown_table, nimg_to_reach, summarize
+from diffscale.evaluation.toy_report import load_run, markdown_table, nimg_to_reach, summarize
 
 
 def run(losses: list[float], seconds: float, support: float) -> dict:
@@ -55,3 +56,21 @@ def test_relative_examples_to_the_baseline_loss():
 def test_single_seed_has_no_spread(losses):
     row = summarize({"baseline": [run(losses, 5.0, 0.5)]}, "pf_0.050", guided=None)[0]
     assert "±" not in row["val_loss"] and row["nimg_to_baseline_loss"] == "1.00x"
+
+
+def test_a_resumed_or_restarted_run_keeps_the_curve_of_its_last_attempt(tmp_path):
+    """val_loss.jsonl is appended to: a run resumed from its step-4 checkpoint writes steps 6 and 8 again with
+    train_seconds from that checkpoint, a restart writes from step 0. The curve must not step backwards in wall
+    time (or steps) where the later attempt took over."""
+    def point(step: int, seconds: float) -> str:
+        return json.dumps({"step": step, "nimg": 10 * step, "train_seconds": seconds, "loss": 1.0 / (step + 1)})
+
+    lines = [point(0, 0.0), point(2, 1.0), point(4, 2.0), point(6, 3.0), point(8, 4.0),  # killed after step 8
+             point(6, 2.5), point(8, 3.5), point(10, 4.5)]  # resumed from the step-4 checkpoint (2.0 s)
+    (tmp_path / "val_loss.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "toy_metrics.json").write_text(json.dumps({"10": {"raw": {"support_share": 0.5}}}))
+    curve = load_run(tmp_path, "pf_0.050")["curve"]
+    assert [p["step"] for p in curve] == [0, 2, 4, 6, 8, 10]
+    assert [p["train_seconds"] for p in curve] == [0.0, 1.0, 2.0, 2.5, 3.5, 4.5]
+    (tmp_path / "val_loss.jsonl").write_text("\n".join(lines + [point(0, 0.0), point(2, 0.7)]) + "\n")
+    assert [p["train_seconds"] for p in load_run(tmp_path, "pf_0.050")["curve"]] == [0.0, 0.7]

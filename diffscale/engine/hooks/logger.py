@@ -48,10 +48,17 @@ class LoggerHook(Hook):
             values["train/loss"], values["train/grad_norm"] = phase["loss"], phase["grad_norm"]
         return values
 
+    def before_step(self, batch: dict) -> dict:
+        # The first window's clock starts with the first micro-batch, before that step's images are counted
+        # (trainer.nimg moves when the step ends): images and seconds then cover the same steps.
+        if self.t0 is None:
+            self.t0, self.nimg0 = time.perf_counter(), self.trainer.nimg
+        return batch
+
     def after_step(self, metrics: dict) -> None:
         trainer = self.trainer
-        if self.t0 is None:
-            self.t0, self.nimg0 = time.perf_counter(), trainer.nimg - trainer.batch_size
+        if self.t0 is None:  # no micro-batch went through before_step: count from here, never an untimed step
+            self.t0, self.nimg0 = time.perf_counter(), trainer.nimg
         if self.bar is None:
             self.bar = tqdm(total=trainer.max_iters, initial=trainer.step - 1, disable=not trainer.dist.is_main,
                             dynamic_ncols=True, mininterval=1.0, desc="train")
