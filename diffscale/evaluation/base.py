@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from diffscale.errors import ConfigError
-from diffscale.evaluation.networks import check_weights
+from diffscale.evaluation.networks import check_weights, sha256_file
 from diffscale.sampling.guidance import Denoiser
 from diffscale.utils.dist import all_reduce_sum
 
@@ -30,6 +30,10 @@ class Evaluator:
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
+
+    def provenance(self) -> str:
+        """The table's 'comparable' entry: 'yes' or 'NO' (feature evaluators add why, and which weight file)."""
+        return "yes" if self.comparable else "NO"
 
     def begin(self, denoiser: Denoiser | None = None) -> None:
         """Start an evaluation: reset the accumulators; `denoiser` is the (guided) model, for evaluators that
@@ -55,11 +59,18 @@ class FeatureEvaluator(Evaluator):
 
     `random_weights=True` builds the architecture untrained instead (tests only; marked not comparable).
     `precision='bf16'` runs the network under autocast on CUDA (faster; not the standard's fp32 numbers).
+
+    Comparable with published numbers only with the default architecture in fp32 and a weight file whose SHA-256
+    starts with one of OFFICIAL_SHA256: a full digest, or the prefix a release's file name carries where no full
+    digest is published (each subclass says where its entries come from). A file that loads strictly but is not
+    the official one (a fine-tune, another conversion, a test's random weights saved to disk) is reported by name
+    and digest instead.
     """
 
     DEFAULT_ARCH = ""
     DEFAULT_WEIGHTS = ""  # where the README tells users to put the file
     SOURCE = ""  # where to download the weights
+    OFFICIAL_SHA256: tuple[str, ...] = ()  # lowercase hex SHA-256 digests or digest prefixes; empty: none known
 
     def __init__(self, weights: str | None = None, random_weights: bool = False, arch: str | None = None,
                  precision: str = "fp32", device: str | torch.device = "cpu"):
@@ -69,11 +80,41 @@ class FeatureEvaluator(Evaluator):
         self.arch, self.precision, self.random_weights = arch or self.DEFAULT_ARCH, precision, random_weights
         self.weights = None if random_weights else check_weights(weights or self.DEFAULT_WEIGHTS, self.SOURCE,
                                                                  type(self).__name__)
-        self.comparable = not random_weights and self.arch == self.DEFAULT_ARCH and precision == "fp32"
         self._net: nn.Module | None = None
 
     def build_network(self) -> nn.Module:
         raise NotImplementedError
+
+    def weights_file(self) -> str:
+        """'name sha256:<first 12 hex digits>' of the weight file, 'random' without one."""
+        return "random" if self.weights is None else f"{self.weights.name} sha256:{sha256_file(self.weights)[:12]}"
+
+    def not_comparable_because(self) -> list[str]:
+        """Why the numbers do not compare with published ones; empty when they do. Hashes the weight file the first
+        time (once per process and file version: networks.sha256_file)."""
+        if self.weights is None:
+            return ["random network (tests only)"]
+        reasons = []
+        if self.arch != self.DEFAULT_ARCH:
+            reasons.append(f"architecture {self.arch}, not {self.DEFAULT_ARCH}")
+        if self.precision != "fp32":
+            reasons.append(f"{self.precision} autocast, not fp32")
+        digest = sha256_file(self.weights)
+        if not self.OFFICIAL_SHA256:
+            reasons.append("no official digest is recorded to check this file against")
+        elif not any(digest.startswith(official) for official in self.OFFICIAL_SHA256):
+            reasons.append("not the official weights (SHA-256 differs)")
+        return reasons
+
+    @property
+    def comparable(self) -> bool:
+        return not self.not_comparable_because()
+
+    def provenance(self) -> str:
+        reasons = self.not_comparable_because()
+        if self.weights is None:
+            return f"NO: {reasons[0]}"
+        return f"NO: {'; '.join(reasons)} ({self.weights_file()})" if reasons else f"yes ({self.weights_file()})"
 
     @property
     def network(self) -> nn.Module:

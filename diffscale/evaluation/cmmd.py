@@ -58,15 +58,25 @@ def distributed_mmd(x: torch.Tensor, y: torch.Tensor, sigma: float = SIGMA, scal
 class CMMD(FeatureEvaluator):
     """Reports `cmmd` against the reference embeddings `cmmd_embeddings` [m, D] of a reference file.
 
-    `weights`: the OpenAI CLIP ViT-L/14@336 in open_clip's format (open_clip 'ViT-L-14-336', pretrained
-    'openai'). `arch` may name a smaller open_clip model for tests (marked not comparable)."""
+    `weights`: the OpenAI CLIP ViT-L/14@336, in open_clip's format (open_clip 'ViT-L-14-336', pretrained
+    'openai') or as OpenAI's TorchScript release file. `arch` may name a smaller open_clip model for tests (marked
+    not comparable)."""
 
     name = "cmmd"
     needs_reference = True
     DEFAULT_ARCH = "ViT-L-14-336"
     DEFAULT_WEIGHTS = "weights/evaluation/vit_large_patch14_clip_336.openai.bin"
+    OPENAI_URL = ("https://openaipublic.azureedge.net/clip/models/"
+                  "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt")
     SOURCE = ("https://huggingface.co/timm/vit_large_patch14_clip_336.openai (open_clip_pytorch_model.bin; "
-              "open_clip model 'ViT-L-14-336', pretrained 'openai')")
+              f"open_clip model 'ViT-L-14-336', pretrained 'openai'), or OpenAI's own file {OPENAI_URL}, the one "
+              "whose SHA-256 is published and checked (the only file the metrics table marks comparable)")
+    # OpenAI's release file ViT-L-14-336px.pt: its URL's path segment is the file's full SHA-256, which the official
+    # CLIP code (clip.py's _MODELS) checks after download, as do open_clip (pretrained.py, 'ViT-L-14-336' /
+    # 'openai') and torch-fidelity (feature_extractor_clip.py, 'clip-vit-l-14-336px', check_hash=True), which list
+    # the same URL / digest. The timm-hub conversion (open_clip_pytorch_model.bin) has no digest that could be read
+    # offline: it loads, and the table reports it by name and digest.
+    OFFICIAL_SHA256 = (OPENAI_URL.split("/")[-2],)
 
     def __init__(self, weights: str | None = None, random_weights: bool = False, arch: str | None = None,
                  sigma: float = SIGMA, scale: float = SCALE, precision: str = "fp32",

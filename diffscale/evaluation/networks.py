@@ -3,14 +3,18 @@
 Each builder returns a frozen module in eval mode on the CPU, mapping uint8 images [B, 3, H, W] (any H, W) to
 features [B, D] float32, with the resizing and normalisation of the metric's reference implementation inside.
 `weights=None` builds the same architecture untrained, from a fixed seed, so that the reference statistics
-and the evaluated images of a test see the same random network.
+and the evaluated images of a test see the same random network (the Inception re-drawn at a usable scale: see
+`he_init`). `sha256_file` identifies a weight file for the evaluators' comparability check (base.py).
 Heavy libraries (torch-fidelity, timm, open_clip) are imported only when a network is built.
 """
 
+import hashlib
 import io
 import logging
 import math
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -22,6 +26,26 @@ from diffscale.errors import ConfigError
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 RANDOM_SEED = 0  # seed of every untrained network: a test's reference and evaluation share one network
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (resolved path, mtime in ns, size) -> SHA-256 hex
+
+
+def _read_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 (hex) of a file, read in 1 MiB chunks (weight files reach 1.7 GB) and computed once per process
+    while the file keeps its path, modification time and size: every evaluation of a training run asks again."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    key = (str(resolved), stat.st_mtime_ns, stat.st_size)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _read_sha256(resolved)
+    return _DIGESTS[key]
 
 
 def check_weights(path: str | Path | None, source: str, key: str) -> Path:
@@ -65,6 +89,25 @@ def _seeded(build):
         return build()
 
 
+def he_init(model: nn.Module) -> nn.Module:
+    """Re-draw the convolutions and linear layers of an untrained network with He's initialisation (normal, fan-in,
+    ReLU gain: variance 2 / fan_in) and zero biases, and set BatchNorm to identity statistics (mean 0, variance 1,
+    scale 1, shift 0).
+
+    Why: PyTorch's default draw (uniform, variance 1 / (3 fan_in)) shrinks the signal's second moment about six-fold
+    per conv + ReLU, so after Inception's ~20 layers the untrained pool features are ~1e-8 and the FID between any
+    two image sets ~1e-13: a test could not tell a right distance from a wrong one. He's variance keeps the second
+    moment through each ReLU layer; the features come out O(0.1) and differ between images."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.reset_parameters()  # running statistics and affine parameters at identity
+    return model
+
+
 def _freeze(model: nn.Module) -> nn.Module:
     model.requires_grad_(False)
     return model.eval()
@@ -80,7 +123,8 @@ def _normalize(x: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- Inception-v3
 def build_inception(weights: Path | None) -> nn.Module:
     """torch-fidelity's bit-exact port of the TF Inception-v3 of the FID standard: uint8 -> pool3 [B, 2048]
-    (it resizes to 299 with TF1's bilinear rule and scales to [-1, 1] itself)."""
+    (it resizes to 299 with TF1's bilinear rule and scales to [-1, 1] itself). `weights=None`: untrained, drawn by
+    `he_init`; `net.state_dict()` of the result is a weight file in torch-fidelity's format."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class Untrained(FeatureExtractorInceptionV3):
@@ -92,7 +136,11 @@ def build_inception(weights: Path | None) -> nn.Module:
     empty = io.BytesIO()
     torch.save(None, empty)
     empty.seek(0)
-    net = _seeded(lambda: Untrained("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty))
+    def untrained() -> nn.Module:
+        model = Untrained("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
+        return he_init(model) if weights is None else model  # loaded next: no point in a second draw
+
+    net = _seeded(untrained)
     if weights is not None:
         _load_strict(net, read_state(weights), weights)
 
@@ -170,6 +218,45 @@ class ClassifierLogits(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- CLIP
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # ints in OpenAI's archives, no weights
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (OpenAI's CLIP release files are): a zip with a constants.pkl record, which plain
+    torch.save files do not have."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def torchscript_state(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a TorchScript archive. torch.jit.load unpickles no Python objects and runs no Python code
+    (the archive's code is TorchScript), which is why it is acceptable where torch.load's weights_only, which
+    refuses these archives outright, is the rule."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; OpenAI ships TorchScript
+        module = torch.jit.load(str(path), map_location="cpu")
+    state = dict(module.state_dict())
+    for key in OPENAI_EXTRA_KEYS:
+        state.pop(key, None)
+    return state
+
+
+def load_clip_weights(clip: nn.Module, arch: str, path: Path) -> None:
+    """open_clip's checkpoint loader (open_clip / timm-hub files), or OpenAI's own release file (ViT-L-14-336px.pt,
+    a TorchScript archive whose SHA-256 the official code publishes), whose keys are open_clip's; strictly."""
+    import open_clip
+
+    try:
+        if is_torchscript(path):
+            clip.load_state_dict(torchscript_state(path), strict=True)  # fp16 tensors are cast into the fp32 model
+        else:
+            open_clip.load_checkpoint(clip, str(path))
+    except RuntimeError as exc:
+        raise ConfigError(f"{path}: does not match {arch}: {' '.join(str(exc).split())[:400]}") from None
+
+
 class CLIPImageEmbedding(nn.Module):
     """uint8 [B, 3, H, W] -> L2-normalised CLIP image embedding [B, D] as CMMD (Jayasumana et al. 2024) computes
     it: [0, 1], bicubic resize to the model's input size (no antialiasing, no crop), CLIP normalisation."""
@@ -186,10 +273,7 @@ class CLIPImageEmbedding(nn.Module):
         finally:
             root.setLevel(level)
         if weights is not None:
-            try:
-                open_clip.load_checkpoint(clip, str(weights))
-            except RuntimeError as exc:
-                raise ConfigError(f"{weights}: does not match {arch}: {' '.join(str(exc).split())[:400]}") from None
+            load_clip_weights(clip, arch, weights)
         self.visual = _freeze(clip.visual)  # the text tower is not needed
         self.output_dim = int(self.visual.output_dim)
         size = self.visual.image_size

@@ -157,19 +157,21 @@ def feed(evaluators: list[Evaluator], batches: Iterable, denoiser: Denoiser | No
 def run_evaluation(evaluators: list[Evaluator], batches: Iterable, ref: dict | None = None,
                    denoiser: Denoiser | None = None) -> dict:
     """`feed`, then compute every evaluator. Collective. Returns {'metrics': {name: value}, 'comparable':
-    {name: bool}, 'num': samples over all ranks, 'seconds': {'total', 'evaluators'}}."""
+    {name: bool}, 'provenance': {name: 'yes (file sha256:...)' or 'NO: why (file ...)'}, 'num': samples over all
+    ranks, 'seconds': {'total', 'evaluators'}}."""
     t0 = time.perf_counter()
     n, eval_s = feed(evaluators, batches, denoiser)
-    metrics, comparable = {}, {}
+    metrics, comparable, provenance = {}, {}, {}
     t = time.perf_counter()
     for e in evaluators:
         values = e.compute(ref if e.needs_reference else None)
         metrics.update(values)
         comparable.update(dict.fromkeys(values, e.comparable))
+        provenance.update(dict.fromkeys(values, e.provenance()))
     eval_s += time.perf_counter() - t
     metrics = broadcast_object(metrics)  # bit-identical on every rank: decisions on them (best) stay collective
     num = int(all_reduce_sum(torch.tensor([n], dtype=torch.int64, device=evaluators[0].device)).item())
-    return {"metrics": metrics, "comparable": comparable, "num": num,
+    return {"metrics": metrics, "comparable": comparable, "provenance": provenance, "num": num,
             "seconds": {"total": time.perf_counter() - t0, "evaluators": eval_s}}
 
 
@@ -195,10 +197,12 @@ def reference_stats(evaluators: list[Evaluator]) -> dict[str, np.ndarray]:
 
 
 def format_table(result: dict) -> str:
-    """Metric | value | comparable, one line each."""
+    """Metric | value | comparable, one line each. 'comparable' is 'yes' only for the official network (its weight
+    file's SHA-256 checked, base.FeatureEvaluator); otherwise it says why not and which file was used."""
     lines = [f"{'metric':<28} {'value':>14}  comparable", "-" * 56]
+    provenance = result.get("provenance", {})  # results recorded before it existed have only the flags
     for name, value in result["metrics"].items():
-        mark = "yes" if result["comparable"][name] else "NO (random or substituted network)"
+        mark = provenance.get(name) or ("yes" if result["comparable"][name] else "NO (random or substituted network)")
         lines.append(f"{name:<28} {value:>14.6g}  {mark}")
     lines.append(f"({result['num']} samples, {result['seconds']['total']:.1f} s, of which evaluators "
                  f"{result['seconds']['evaluators']:.1f} s)")
