@@ -210,12 +210,18 @@ def _train_seconds(out: Path, name: str, seconds: float | None) -> float | None:
     return recorded.get(name)
 
 
+def write_metrics(out: Path, rows: list[dict], settings: dict) -> tuple[str, dict[str, str]]:
+    """Write OUT/metrics.json; return the markdown table of `rows` and each run's training time as text (the
+    shared part of this report and evaluation/objectives_report.py)."""
+    (out / "metrics.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    secs = {k: "n/a" if v is None else f"{v:.0f} s" for k, v in settings["train_seconds"].items()}
+    return R.markdown_table(table_rows(rows)), secs
+
+
 def write_report(out: Path, rows: list[dict], settings: dict, command: str) -> str:
     """OUT/report.md and OUT/metrics.json; returns the table."""
-    table = R.markdown_table(table_rows(rows))
-    (out / "metrics.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    table, secs = write_metrics(out, rows, settings)
     s = settings
-    secs = {k: "n/a" if v is None else f"{v:.0f} s" for k, v in s["train_seconds"].items()}
     (out / "report.md").write_text(
         f"# 2D tree toy: DMD2 one-step generator against its teacher\n\n"
         f"Teacher: configs/toy/tree2d_baseline.py, {s['teacher_iters']} iterations at batch {s['teacher_batch']} "

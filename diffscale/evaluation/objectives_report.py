@@ -7,7 +7,6 @@ Heun's NFE — and write report.md, metrics.json and samples.png. Runs are `tool
 resolved configs, reused when finished with unchanged settings (the helpers of evaluation/distill_report.py).
 """
 
-import json
 from pathlib import Path
 
 import torch
@@ -21,10 +20,10 @@ from diffscale.evaluation.distill_report import (
     _slug,
     _train_seconds,
     eval_inputs,
-    table_rows,
     timed_samples,
     train,
     write_config,
+    write_metrics,
 )
 from diffscale.evaluation.toy_metrics import sample_metrics, support_mask
 from diffscale.evaluation.toy_plot import plot_samples
@@ -90,10 +89,8 @@ def evaluate(out: Path, num_samples: int, seed: int) -> list[dict]:
 
 def write_report(out: Path, rows: list[dict], settings: dict) -> str:
     """OUT/report.md and OUT/metrics.json; returns the table."""
-    table = R.markdown_table(table_rows(rows))
-    (out / "metrics.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
+    table, secs = write_metrics(out, rows, settings)
     s = settings
-    secs = {k: "n/a" if v is None else f"{v:.0f} s" for k, v in s["train_seconds"].items()}
     (out / "report.md").write_text(
         f"# 2D tree toy: EDM, DDPM and rectified flow at equal images seen\n\n"
         f"Every run: {s['iters']} iterations at batch {s['batch']} ({s['iters'] * s['batch']:,} images), the same "
