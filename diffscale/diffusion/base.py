@@ -58,7 +58,11 @@ class Objective:
         cond = batch.get("cond")
         if cond is None:
             cond = self.sample_condition(batch["x"], generator)
-        return LossOutput(self.per_example(models[self.score_part], batch, cond), {})
+        return LossOutput(self.per_example(models[self.score_part], batch, cond), self.condition_logs(cond))
+
+    def condition_logs(self, cond: Cond) -> dict[str, torch.Tensor]:
+        """Scalar tensors the single-model `__call__` logs about a batch's condition (none by default)."""
+        return {}
 
     def after_step(self, phase: Phase, out: LossOutput) -> None:
         """Called after each phase's optimizer step with its last micro-batch's output (e.g. to update a

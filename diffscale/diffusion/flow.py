@@ -12,7 +12,7 @@ spends more steps near noise, as larger images need).
 import torch
 from torch import nn
 
-from diffscale.diffusion.base import Cond, LossOutput, Objective, Phase
+from diffscale.diffusion.base import Cond, Objective
 from diffscale.diffusion.ddpm import drop_labels
 from diffscale.errors import ConfigError
 from diffscale.registry import OBJECTIVES
@@ -75,12 +75,9 @@ class RectifiedFlowLoss(Objective):
         err = (v.float() - (noise.float() - x0.float())).square().flatten(1)
         return err.mean(1) if self.reduction == "mean" else err.sum(1)
 
-    def __call__(self, phase: Phase, models, batch: dict, generator: torch.Generator) -> LossOutput:
-        cond = batch.get("cond")
-        if cond is None:
-            cond = self.sample_condition(batch["x"], generator)
-        loss = self.per_example(models[self.score_part], batch, cond)
-        return LossOutput(loss, {"mean_t": cond["t"].float().mean().detach()})
+    def condition_logs(self, cond: Cond) -> dict[str, torch.Tensor]:
+        """The batch's mean t (TensorBoard `train/mean_t`): what the t density and shift give."""
+        return {"mean_t": cond["t"].float().mean().detach()}
 
     def elements_per_score(self, x: torch.Tensor) -> int:
         """How many elements one example's loss sums over (curation divides by it to score per element)."""

@@ -40,6 +40,8 @@ def stochastic_sigma(t: float) -> float:
 
 
 class _FlowSampler:
+    takes_seeds = False  # True: stochastic, generate() passes each sample's seed (for the step noise)
+
     def __init__(self, num_steps: int = 50, guidance: float = 1.0, shift: float = 1.0):
         if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
             raise ConfigError(f"sampler.num_steps: expected a positive integer, got {num_steps!r}")
@@ -65,7 +67,7 @@ class _FlowSampler:
         v = self.velocity(net, guide, labels)
         grid = flow_grid(self.num_steps, self.shift)
         steps = None
-        if getattr(self, "takes_seeds", False):
+        if self.takes_seeds:
             seeds = torch.arange(noise.shape[0]) if seeds is None else seeds
             steps = step_noise(seeds, tuple(noise.shape[1:]), self.num_steps, noise.device)
         x = noise.to(torch.float64)
