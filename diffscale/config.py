@@ -6,6 +6,7 @@ Every failure is a ConfigError whose message names the key and what was expected
 
 import ast
 import inspect
+import os
 import types
 import typing
 from pathlib import Path
@@ -349,6 +350,9 @@ def _validate_parts(cfg: Config) -> None:
             if field in PART_REGISTRIES and value is not None:
                 _check_type(value, PART_REGISTRIES[field], where)
         where = key or "optimizer"
+        lr = (spec["optimizer"] or {}).get("lr", 1.0)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ConfigError(f"{key + '.optimizer' if key else 'optimizer'}.lr: expected a number > 0, got {lr!r}")
         if spec["optimizer"] is None and spec["trainable"] not in (False,):
             raise ConfigError(f"{where}: trainable={spec['trainable']!r} needs an optimizer (a part without one "
                               f"is frozen)")
@@ -419,14 +423,29 @@ def batch_arithmetic(batch_size: int, batch_gpu: int, world_size: int) -> tuple[
     return batch_gpu, batch_size // per_round
 
 
+def _config_line(exc: BaseException) -> str:
+    """' (F line N)' of the innermost traceback frame in a config file (the one named, or a `_base_` of it), else
+    '' (a SyntaxError's message already names its line)."""
+    import traceback
+
+    if isinstance(exc, SyntaxError):
+        return ""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename.endswith(".py") and "site-packages" not in f.filename and Path(f.filename).is_file()]
+    return f" ({frames[-1].filename} line {frames[-1].lineno})" if frames else ""
+
+
 def load_config(path: str, options: list[str] | None = None, work_dir: str | None = None) -> Config:
     """Read, override, default `work_dir` to work_dirs/<config name>, and validate."""
     if not Path(path).is_file():
         raise ConfigError(f"config: no such file '{path}'")
     try:
         cfg = Config.fromfile(path)
-    except (SyntaxError, KeyError, ImportError, NameError) as exc:
-        raise ConfigError(f"config {path}: {type(exc).__name__}: {exc}") from None
+    except FileNotFoundError as exc:  # a `_base_` entry that does not exist
+        raise ConfigError(f"config {path}: no such file '{os.path.normpath(exc.filename)}' (a _base_ entry?)") from None
+    except Exception as exc:  # a config is Python: anything it raises while loading is the config's error
+        raise ConfigError(f"config {path}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+                          f"{_config_line(exc)}") from None
     apply_options(cfg, options or [])
     if work_dir is not None:
         cfg.work_dir = work_dir

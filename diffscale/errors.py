@@ -13,3 +13,13 @@ def closest(name: str, candidates: Iterable[str], n: int = 3) -> str:
     candidates = sorted(set(candidates))
     hits = difflib.get_close_matches(name, candidates, n=n, cutoff=0.4)
     return ", ".join(hits) if hits else ", ".join(candidates[:8])
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint (or export) is missing, incomplete, corrupted or refused (it would run code). The message names
+    the file. A FileNotFoundError, so tools that report missing files report it the same way."""
+
+
+class DataError(ValueError):
+    """A dataset file is missing, truncated or corrupted, or holds a value the run cannot use. The message names the
+    shard and, where one is at fault, the record."""

@@ -72,4 +72,17 @@ def build(registry: Registry, cfg: dict, key: str, **default_args: Any) -> Any:
     for name, value in default_args.items():
         if takes_kwargs or name in params:
             args.setdefault(name, value)
-    return cls(**args)
+    try:
+        return cls(**args)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a combination the constructor rejects: name the keys it was given
+        raise ConfigError(f"{key}: {getattr(cls, '__name__', cls)} rejects {_given(cfg, key)}: "
+                          f"{' '.join(str(exc).split())}") from None
+
+
+def _given(cfg: dict, key: str, limit: int = 240) -> str:
+    """'key.a=1, key.b=[2, 3]' for the plain (non-dict) arguments of a config, shortened to `limit` characters."""
+    items = [f"{key}.{k}={v!r}" for k, v in cfg.items() if k != "type" and not isinstance(v, dict)]
+    text = ", ".join(items) or "its defaults"
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -56,7 +56,8 @@ def export(ckpt: Path, out: Path | None = None) -> dict:
 
 
 def last_checkpoint(work_dir: Path) -> Path:
-    return Path((work_dir / "last_checkpoint").read_text().strip())
+    """The checkpoint work_dir/last_checkpoint names (a path relative to the work_dir)."""
+    return Path(work_dir) / (Path(work_dir) / "last_checkpoint").read_text().strip()
 
 
 def max_abs_diff(a: dict, b: dict) -> float:

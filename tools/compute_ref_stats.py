@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import numpy as np
 
-    from diffscale.errors import ConfigError
+    from diffscale.errors import ConfigError, DataError
     from diffscale.evaluation.image_sources import open_source
     from diffscale.evaluation.pipeline import build_evaluators, check_inputs, feed, reference_stats
     from diffscale.utils.dist import destroy, init_distributed
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         stats = reference_stats(evaluators)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         destroy()

@@ -11,6 +11,13 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 DIR=$(cd "$(dirname "$0")/.." && pwd)
+for var in NGPUS NNODES; do
+    [[ ${!var} =~ ^[1-9][0-9]*$ ]] || { echo "error: $var must be a positive integer, got '${!var}'" >&2; exit 2; }
+done
+# Validate the config for the whole world before starting workers: one clean line instead of one per worker plus
+# torchrun's ChildFailedError traceback.
+PYTHONPATH="$DIR:${PYTHONPATH:-}" python "$DIR/tools/train.py" "$CONFIG" "$@" \
+    --check-world-size $((NNODES * NGPUS)) || exit $?
 PYTHONPATH="$DIR:${PYTHONPATH:-}" exec python -m torch.distributed.run \
     --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$PORT" \
     --nproc_per_node="$NGPUS" \

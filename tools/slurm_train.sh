@@ -39,6 +39,8 @@ fi
 
 DIR=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$DIR:${PYTHONPATH:-}"
+# Validate the config for GPUS processes before the job starts them (one line, not one per task).
+python "$DIR/tools/train.py" "$CONFIG" --work-dir "$WORK_DIR" "$@" --check-world-size "$GPUS" || exit $?
 set -x
 # --kill-on-bad-exit: one failed rank ends the step instead of leaving the others blocked in a collective.
 exec srun -p "$PARTITION" \

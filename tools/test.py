@@ -76,7 +76,7 @@ def evaluate(args: argparse.Namespace, cfg, settings: dict, dist_info) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from diffscale.config import load_config
-    from diffscale.errors import ConfigError
+    from diffscale.errors import CheckpointError, ConfigError, DataError
 
     try:
         if args.checkpoint is None and args.images is None:
@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(args, cfg, settings, dist_info)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except (CheckpointError, DataError) as exc:  # a bad input file: refused, named
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

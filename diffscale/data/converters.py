@@ -37,7 +37,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from diffscale.data.mds import INDEX_FILE, META_FILE, MDSIndex, ShardStore
+from diffscale.data.mds import INDEX_FILE, META_FILE, WRITE_HASHES, MDSIndex, ShardStore
+from diffscale.errors import DataError
 
 SOURCES = ("tiny-imagenet", "imagefolder", "cifar10", "imagenet64", "npz")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
@@ -482,7 +483,7 @@ def write_shards(out_dir: Path, samples: Iterator[tuple[np.ndarray, int] | None]
 
     columns = {"x": f"ndarray:{dtype.name}:{','.join(map(str, shape))}", "label": "int64"}
     labels = []
-    with MDSWriter(out=str(out_dir), columns=columns, size_limit=SHARD_BYTES) as writer:
+    with MDSWriter(out=str(out_dir), columns=columns, size_limit=SHARD_BYTES, hashes=list(WRITE_HASHES)) as writer:
         for sample in tqdm(samples, total=total, unit="img", desc=f"writing {out_dir.name}", disable=not progress):
             if sample is None:
                 continue
@@ -495,8 +496,9 @@ def write_shards(out_dir: Path, samples: Iterator[tuple[np.ndarray, int] | None]
 
 
 def verify(out_dir: Path, meta: dict) -> None:
-    """Read the output back: sample count and label histogram must equal what was written from the input, and
-    our memory-mapped reader must agree with mosaic's own reader on the first and the last sample."""
+    """Read the output back: sample count and label histogram must equal what was written from the input, our
+    memory-mapped reader must agree with mosaic's own reader on the first and the last sample, and every shard
+    must match the content hashes recorded for it."""
     index, _ = MDSIndex.open(str(out_dir), key="--output")
     store = ShardStore(index)
     labels = store.column("label")
@@ -506,6 +508,10 @@ def verify(out_dir: Path, meta: dict) -> None:
                               f"{None if counts is None else counts.tolist()}, expected {meta['num_samples']} "
                               f"and {meta['label_counts']}")
     check_against_mosaic(out_dir, index, store, "x")
+    try:
+        store.verify_hashes()
+    except DataError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def check_against_mosaic(out_dir: Path, index: MDSIndex, store: ShardStore, column: str) -> None:

@@ -40,8 +40,9 @@ from diffscale.data.converters import (
     decode_image,
     list_imagefolder,
 )
-from diffscale.data.mds import INDEX_FILE, META_FILE, MDSIndex, ShardStore
+from diffscale.data.mds import INDEX_FILE, META_FILE, WRITE_HASHES, MDSIndex, ShardStore
 from diffscale.data.streaming import IMAGE_KEY, INV_HALF_RANGE, LABEL_KEY, MOMENTS_KEY
+from diffscale.errors import DataError
 from diffscale.utils import dist
 
 SOURCES = ("imagefolder", "mds")
@@ -157,7 +158,8 @@ def write_part(part_dir: Path, batches: Iterable[np.ndarray], labels: np.ndarray
         for batch in batches:
             if writer is None:
                 columns = {MOMENTS_KEY: f"ndarray:{dtype}:{','.join(map(str, batch.shape[1:]))}", LABEL_KEY: "int64"}
-                writer = MDSWriter(out=str(tmp), columns=columns, size_limit=SHARD_BYTES)
+                writer = MDSWriter(out=str(tmp), columns=columns, size_limit=SHARD_BYTES,
+                                   hashes=list(WRITE_HASHES))
             for moments in batch.astype(dtype, copy=False):
                 writer.write({MOMENTS_KEY: moments, LABEL_KEY: int(labels[written])})
                 written += 1
@@ -194,6 +196,10 @@ def verify_latents(out_dir: Path, meta: dict, labels: np.ndarray) -> None:
         raise ConversionError(f"{out_dir}: read back {index.num_samples} samples with label histogram {counts}, "
                               f"expected {len(labels)} and {meta['label_counts']} in input order")
     check_against_mosaic(out_dir, index, store, MOMENTS_KEY)
+    try:
+        store.verify_hashes()
+    except DataError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------- the run

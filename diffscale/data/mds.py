@@ -43,7 +43,7 @@ from types import ModuleType
 
 import numpy as np
 
-from diffscale.errors import ConfigError
+from diffscale.errors import ConfigError, DataError
 
 INDEX_FILE = "index.json"  # mosaic's index of the shards
 META_FILE = "diffscale.json"  # ours, next to it: class names, resolution, source, label counts
@@ -55,6 +55,9 @@ IMAGE_ENCODINGS = ("png", "jpeg", "pil")  # decoded to PIL images by mosaic
 SUPPORTED_ENCODINGS = "ndarray[:<dtype>[:<shape>]], png, jpeg, pil, int and the numeric scalars (int8 ... float64)"
 # mosaic's modules the reader calls; both need only numpy, PIL and the compressors, not the rest of `streaming`
 _MOSAIC_FILES = {"compression": "base/compression.py", "encodings": "base/format/mds/encodings.py"}
+# Content hashes our writers put into index.json (MDSWriter(hashes=...)): sha1 for mosaic's own reader
+# (StreamingDataset(validate_hash='sha1')), xxh64 because it checks at several GB/s (verify_hashes uses it first).
+WRITE_HASHES = ("sha1", "xxh64")
 _mosaic_modules: dict[str, ModuleType] = {}
 
 
@@ -169,6 +172,27 @@ def decode_value(column: Column, raw: np.ndarray) -> np.ndarray:
         rgb = value if value.mode == "RGB" else value.convert("RGB")  # convert copies even an RGB image
         return np.asarray(rgb).transpose(2, 0, 1)  # PIL is [H, W, C]
     return np.asarray(value)
+
+
+def _hasher(algo: str):
+    """A fresh hash object for one of mosaic's algorithm names, or None if we cannot compute it."""
+    if algo.startswith("xxh"):
+        import xxhash  # mosaicml-streaming's own dependency
+
+        return getattr(xxhash, algo, lambda: None)()
+    try:
+        return hashlib.new(algo)
+    except ValueError:
+        return None
+
+
+def file_hash(path: Path, algo: str) -> str:
+    """Hex digest of a file as mosaic's MDSWriter computes it (of the bytes written, read in 16 MiB chunks)."""
+    h = _hasher(algo)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def is_remote(path: str) -> bool:
@@ -296,8 +320,9 @@ class ShardStore:
         path = ix.root / ix.basenames[shard]
         if not path.is_file() or path.stat().st_size != ix.shard_bytes[shard]:
             if self.remote is None:
-                raise FileNotFoundError(f"{path}: shard missing or truncated (expected {ix.shard_bytes[shard]} "
-                                        f"bytes as {ix.root / INDEX_FILE} says)")
+                size = path.stat().st_size if path.is_file() else None
+                raise DataError(f"shard {path}: {'missing' if size is None else f'truncated ({size} bytes)'}, "
+                                f"{ix.root / INDEX_FILE} says {ix.shard_bytes[shard]} bytes")
             path = fetch(self.remote, ix.root, ix.basenames[shard], self.timeout_s)
         return path
 
@@ -313,10 +338,14 @@ class ShardStore:
                     and (not zipped.is_file() or target.stat().st_mtime >= zipped.stat().st_mtime)):
                 return target
         zipped = self._stored(shard)
-        data = _mosaic("compression").decompress(ix.compressions[shard], zipped.read_bytes())
+        try:
+            data = _mosaic("compression").decompress(ix.compressions[shard], zipped.read_bytes())
+        except Exception as exc:  # each decompressor raises its own error on a corrupted stream
+            raise DataError(f"shard {zipped}: does not decompress with {ix.compressions[shard]} "
+                            f"({type(exc).__name__}: {exc})") from None
         if len(data) != ix.raw_bytes[shard]:
-            raise ValueError(f"{zipped}: decompresses to {len(data)} bytes, {ix.root / INDEX_FILE} says "
-                             f"{ix.raw_bytes[shard]}")
+            raise DataError(f"shard {zipped}: decompresses to {len(data)} bytes, {ix.root / INDEX_FILE} says "
+                            f"{ix.raw_bytes[shard]}")
         return _write_atomic(data, targets)
 
     def _cached(self, kind: str, shard: int, build: Callable[[int], object]) -> object:
@@ -336,10 +365,13 @@ class ShardStore:
         path = self._uncompressed(shard)
         data = np.memmap(path, dtype=np.uint8, mode="r")
         count = int(ix.starts[shard + 1] - ix.starts[shard])
+        if len(data) < 4 * (count + 2):
+            raise DataError(f"shard {path}: {len(data)} bytes cannot hold the header of {count} samples")
         offsets = np.frombuffer(data, dtype="<u4", count=count + 1, offset=4).astype(np.int64)
         if (int(np.frombuffer(data, dtype="<u4", count=1)[0]) != count or np.any(np.diff(offsets) < 0)
-                or offsets[-1] > len(data)):
-            raise ValueError(f"{path}: header does not match {INDEX_FILE} ({count} samples)")
+                or offsets[-1] > len(data) or offsets[0] < 4 * (count + 2)):
+            raise DataError(f"shard {path}: corrupted header (it does not describe the {count} samples "
+                            f"{INDEX_FILE} lists)")
         return path, data, offsets
 
     def records(self, shard: int) -> np.ndarray:
@@ -350,8 +382,9 @@ class ShardStore:
         ix = self.index
         path, data, offsets = self._map(shard)
         if np.any(np.diff(offsets) != ix.record_bytes):
-            raise ValueError(f"{path}: header does not match {INDEX_FILE} ({len(offsets) - 1} records of "
-                             f"{ix.record_bytes} B)")
+            bad = int(np.flatnonzero(np.diff(offsets) != ix.record_bytes)[0])
+            raise DataError(f"shard {path}: corrupted header at record {bad} (records of {ix.record_bytes} B "
+                            f"expected)")
         return data[offsets[0]:offsets[-1]].reshape(len(offsets) - 1, ix.record_bytes)
 
     def samples(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
@@ -399,7 +432,8 @@ class ShardStore:
             return {name: decode_value(ix.columns[name], sample[slice(*spans[ix.columns[name].position])])
                     for name in names}
         except Exception as exc:  # a corrupt sample or an image PIL cannot read: say which one
-            raise ValueError(f"{ix.root}: sample {sample_id} cannot be read ({type(exc).__name__}: {exc})") from exc
+            raise DataError(f"{self.where(sample_id)} cannot be read ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())})") from None
 
     def _check_shape(self, name: str, value: np.ndarray, sample_id: int) -> None:
         c = self.index.columns[name]
@@ -407,6 +441,33 @@ class ShardStore:
             raise ValueError(f"{self.index.root}: sample {sample_id} has column '{name}' of shape {value.shape} "
                              f"{value.dtype}, sample 0 has {c.shape} {c.dtype}; the loader batches one shape: "
                              "resize the images to one size (tools/convert_dataset.py --resolution)")
+
+    def where(self, sample_id: int) -> str:
+        """'shard <path> record <i> (sample <id>)' for error messages."""
+        ix = self.index
+        shard = int(np.searchsorted(ix.starts, sample_id, side="right") - 1)
+        return (f"shard {ix.root / ix.basenames[shard]} record {sample_id - int(ix.starts[shard])} "
+                f"(sample {sample_id})")
+
+    def verify_hashes(self) -> None:
+        """Check every shard file against the content hash index.json records for it (xxh64 when listed, else
+        the first algorithm we compute); DataError naming the first that differs, ConfigError-free: a dataset
+        without hashes is a DataError too, since verification was asked for."""
+        ix = self.index
+        shards = json.loads((ix.root / INDEX_FILE).read_text())["shards"]
+        for shard, entry in enumerate(shards):
+            stored = entry["zip_data"] if ix.compressions[shard] else entry["raw_data"]
+            hashes = stored.get("hashes") or {}
+            algo = next((a for a in ("xxh64", *sorted(hashes)) if a in hashes and _hasher(a) is not None), None)
+            path = self._stored(shard)
+            if algo is None:
+                raise DataError(f"shard {path}: {ix.root / INDEX_FILE} records no content hash we can check "
+                                f"(has: {sorted(hashes) or 'none'}); rewrite the dataset with "
+                                f"tools/convert_dataset.py, which records {', '.join(WRITE_HASHES)}")
+            digest = file_hash(path, algo)
+            if digest != hashes[algo]:
+                raise DataError(f"shard {path}: content hash {algo} {digest} differs from {hashes[algo]} in "
+                                f"{ix.root / INDEX_FILE}: the shard is corrupted")
 
     def sample(self, sample_id: int, names: Iterable[str]) -> dict[str, np.ndarray]:
         """Columns `names` of one sample as decoded (no shape check: this is how shapes are learnt)."""

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diffscale.data.mds import SUPPORTED_ENCODINGS, MDSIndex, ShardStore
-from diffscale.errors import ConfigError
+from diffscale.errors import ConfigError, DataError
 from diffscale.registry import DATASETS
 
 IMAGE_KEY, LABEL_KEY = "x", "label"  # the columns tools/convert_dataset.py writes
@@ -88,13 +88,30 @@ class _BatchReader(Dataset):
     GPU they return uint8, which crosses PCIe in a quarter of the bytes and is scaled on the device.
     `latents` = (scaling_factor, seed, rank): the workers draw posterior samples (float32 for either device)."""
 
-    def __init__(self, store: ShardStore, to_float: bool, latents: tuple[float, int, int] | None = None):
-        self.store, self.to_float, self.latents = store, to_float, latents
+    def __init__(self, store: ShardStore, to_float: bool, latents: tuple[float, int, int] | None = None,
+                 num_classes: int | None = None):
+        self.store, self.to_float, self.latents, self.num_classes = store, to_float, latents, num_classes
         self.names = (MOMENTS_KEY if latents is not None else IMAGE_KEY, LABEL_KEY)  # other columns are not decoded
 
     def __getitem__(self, request: tuple) -> dict:
-        ids, flips, epoch, pos, start = request
+        """The batch, or {'error': one line naming the shard and record} for the main process to raise: a worker's
+        own exception would arrive wrapped in its traceback."""
+        try:
+            return self._read(*request)
+        except DataError as exc:
+            return {"error": str(exc)}
+        except Exception as exc:  # an unexpected failure still names the data it was reading
+            return {"error": f"{self.store.where(int(request[0][0]))} and the {len(request[0]) - 1} samples after "
+                             f"it cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())})"}
+
+    def _read(self, ids: np.ndarray, flips: np.ndarray | None, epoch: int, pos: int, start: tuple) -> dict:
         columns = self.store.gather(ids, self.names)  # decompresses / decodes here, in the worker
+        label = columns[LABEL_KEY].reshape(len(ids))
+        if self.num_classes is not None:  # one vectorised check: a label the model's one-hot cannot take
+            bad = np.flatnonzero((label < 0) | (label >= max(self.num_classes, 1)))
+            if bad.size:
+                raise DataError(f"{self.store.where(int(ids[bad[0]]))}: label {int(label[bad[0]])} is outside "
+                                f"[0, {self.num_classes}) (the classes diffscale.json lists)")
         if self.latents is not None:
             scale, seed, rank = self.latents
             rng = np.random.default_rng([seed, *start, rank, LATENT_NOISE_STREAM])
@@ -105,7 +122,7 @@ class _BatchReader(Dataset):
                 x[flips] = x[flips][..., ::-1]  # the right side is a copy, so no aliasing
             if self.to_float:
                 x = scale_images(x) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
-        label = columns[LABEL_KEY].reshape(len(ids)).astype(np.int64)
+        label = label.astype(np.int64)
         return {"x": torch.from_numpy(x), "label": torch.from_numpy(label), "epoch": epoch, "pos": pos}
 
 
@@ -184,13 +201,19 @@ class MDSImageStream:
         download_timeout_s: float = 60.0,
         config_key: str = "data.train",  # how errors name this loader's config entry
         latents: bool = False,  # SD-VAE moments (tools/encode_latents.py): draw z from the posterior per sample
+        verify: bool = False,  # check every shard against its content hash first (reads the dataset once)
     ):
         self.index, remote = MDSIndex.open(path, local, config_key, download_timeout_s)
-        self.latents = latents
+        self.latents, self.config_key = latents, config_key
         self._check_columns(path, config_key)
         self.scaling_factor = float(self.index.meta.get("scaling_factor", SD_VAE_SCALING_FACTOR))
         self.seed, self.rank = seed, rank
         self.store = ShardStore(self.index, remote, download_timeout_s)
+        if verify:  # every rank checks every shard: no collective while the trainer is being built
+            try:
+                self.store.verify_hashes()
+            except DataError as exc:
+                raise DataError(f"{config_key}.verify: {exc}") from None
         self.order = EpochOrder(self.index.num_samples, rank, world_size, seed, shuffle, xflip)
         self.batch_gpu, self.device = batch_gpu, torch.device(device)
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
@@ -257,6 +280,8 @@ class MDSImageStream:
         if self._batches is None or self._batches_size != self.batch_gpu:
             self._start()
         batch = next(self._batches)
+        if "error" in batch:
+            raise DataError(f"{self.config_key}: {batch['error']}")
         self.epoch, self.pos = batch["epoch"], batch["pos"]
         x = batch["x"].to(self.device, non_blocking=True)
         x = x.float().mul_(INV_HALF_RANGE).sub_(1) if x.dtype == torch.uint8 else x.float()  # as scale_images
@@ -267,7 +292,9 @@ class MDSImageStream:
         self.close()
         workers = self.num_workers
         latents = (self.scaling_factor, self.seed, self.rank) if self.latents else None
-        reader = _BatchReader(self.store, to_float=self.device.type != "cuda", latents=latents)
+        num_classes = self.num_classes if self.num_classes else None  # 0 (unlabelled) and None: no check
+        reader = _BatchReader(self.store, to_float=self.device.type != "cuda", latents=latents,
+                              num_classes=num_classes)
         loader = DataLoader(
             reader, batch_size=None,  # each request is already a whole batch
             sampler=_requests(self.order, self.epoch, self.pos, self.batch_gpu),

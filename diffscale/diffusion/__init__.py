@@ -1,3 +1,3 @@
 """Objectives (the protocol in base.py) and preconditioned networks; importing registers them."""
 
-from diffscale.diffusion import ddpm, ddpm_net, deediff, dmd2, edm, flow  # noqa: F401
+from diffscale.diffusion import consistency, ddpm, ddpm_net, deediff, dmd2, edm, flow  # noqa: F401

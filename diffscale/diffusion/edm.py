@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from diffscale.diffusion.base import Cond, Objective
+from diffscale.errors import ConfigError
 from diffscale.models.layers.mp import MPConv, MPFourier, force_weight_norm_
 from diffscale.registry import MODELS, OBJECTIVES, build
 
@@ -51,7 +52,8 @@ class EDMPrecond(nn.Module):
     """Wraps a denoiser body `net` (a config dict or module) with EDM preconditioning.
 
     forward(x[B, ...], sigma[B], class_labels[B] int or [B, label_dim] float | None) -> D(x) [B, ...];
-    with return_logvar=True also the learned per-sigma log-variance [B].
+    with return_logvar=True also the learned per-sigma log-variance [B]. logvar_channels=0 builds no log-variance
+    head (EDM's EDMPrecond, e.g. around an imported SongUNet): train it with EDMLoss(learned_logvar=False).
     """
 
     def __init__(self, net: dict | nn.Module, sigma_data: float = 0.5, label_dim: int = 0, logvar_channels: int = 128):
@@ -59,10 +61,12 @@ class EDMPrecond(nn.Module):
         self.net = build(MODELS, net, "model.net") if isinstance(net, dict) else net
         self.sigma_data = sigma_data
         self.label_dim = label_dim
-        self.logvar_fourier = FourierEmbedding(logvar_channels)
-        self.logvar_linear = nn.Linear(logvar_channels, 1)
-        nn.init.zeros_(self.logvar_linear.weight)  # start at logvar = 0: plain EDM weighting
-        nn.init.zeros_(self.logvar_linear.bias)
+        self.logvar_fourier = self.logvar_linear = None  # logvar_channels=0: no head (EDM's own EDMPrecond)
+        if logvar_channels:
+            self.logvar_fourier = FourierEmbedding(logvar_channels)
+            self.logvar_linear = nn.Linear(logvar_channels, 1)
+            nn.init.zeros_(self.logvar_linear.weight)  # start at logvar = 0: plain EDM weighting
+            nn.init.zeros_(self.logvar_linear.bias)
 
     def one_hot(self, class_labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         if class_labels is None:  # unconditional: the all-zero label, as in CFG training
@@ -84,6 +88,9 @@ class EDMPrecond(nn.Module):
         D_x = c_skip * x + c_out * F_x.to(torch.float32)
         if not return_logvar:
             return D_x
+        if self.logvar_linear is None:
+            raise ConfigError("EDMPrecond: return_logvar=True, but the model was built with logvar_channels=0 (no "
+                             "learned log-variance head); use objective.learned_logvar=False")
         # clone(): return a fresh tensor, not a view; FSDP2 hooks the outputs of a sharded module.
         logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1).clone()
         return D_x, logvar
@@ -163,7 +170,9 @@ class EDMLoss(Objective):
         """Loss of each example [B] (float32)."""
         x, sigma = batch["x"], cond["sigma"]
         s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        D_x, logvar = model(x + cond["noise"] * s, sigma, batch.get("label"), return_logvar=True)
+        # Plain EDM (learned_logvar=False) asks for no log-variance: the model need not have a head.
+        out = model(x + cond["noise"] * s, sigma, batch.get("label"), return_logvar=self.learned_logvar)
+        D_x, logvar = out if self.learned_logvar else (out, None)
         weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
         err = (weight * (D_x.float() - x.float()) ** 2).flatten(1)
         err = err.mean(1) if self.reduction == "mean" else err.sum(1)

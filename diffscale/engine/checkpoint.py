@@ -4,17 +4,26 @@ A save writes everything into `checkpoints/iter_XXXXXXX.tmp/`, then rank 0 write
 file's size and CRC32), renames the directory to its final name and only then points
 `work_dir/last_checkpoint` at it. A kill at any moment leaves the previous checkpoint untouched; a
 checkpoint whose files no longer match its manifest is skipped on resume with a warning.
+
+Checkpoints are files users receive from others, so reading one must never run code: `verify` is strict (the
+manifest lists exactly the files present), every torch file loads with weights_only=True (`load_file`; DeepSpeed's
+and DCP's readers are routed through the same rule in engine/safe_load.py), and the pointer `last_checkpoint`
+holds a path relative to its own directory that may not leave it (a copied work_dir never resumes from the
+original's checkpoints).
 """
 
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import zlib
 from pathlib import Path
 
 import torch
+
+from diffscale.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 LAST = "last_checkpoint"
@@ -27,8 +36,13 @@ def save_file(obj: object, path: Path) -> None:
 
 
 def load_file(path: Path, device: torch.device | str = "cpu") -> dict:
-    """torch.load with weights_only=True: checkpoints hold tensors and plain Python values only."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """torch.load with weights_only=True: checkpoints hold tensors and plain Python values only. A file that
+    needs anything else (a planted pickle) or is not a torch file is a CheckpointError naming it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: refused or unreadable ({type(exc).__name__}: {detail})") from None
 
 
 def checkpoint_dir(work_dir: str | Path, step: int) -> Path:
@@ -74,11 +88,41 @@ def finalize(tmp: Path, final: Path, work_dir: str | Path, keep: int) -> None:
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
-    pointer = Path(work_dir).resolve() / LAST
-    pointer_tmp = pointer.with_suffix(".tmp")
-    pointer_tmp.write_text(str(final) + "\n")
-    os.replace(pointer_tmp, pointer)
+    write_pointer(Path(work_dir), final)
     _prune(final.parent, keep)
+
+
+def write_pointer(directory: Path, target: Path) -> None:
+    """Point `directory`/last_checkpoint at checkpoint `target` (inside `directory`), atomically, by a path
+    relative to `directory`: a copied or moved work_dir keeps pointing at its own checkpoints."""
+    directory = directory.resolve()
+    rel = target.resolve().relative_to(directory)
+    tmp = directory / (LAST + ".tmp")
+    tmp.write_text(rel.as_posix() + "\n")
+    os.replace(tmp, directory / LAST)
+
+
+def read_pointer(directory: Path) -> Path | None:
+    """The checkpoint `directory`/last_checkpoint names, or None (with a warning) when the pointer is missing,
+    unreadable, or names anything but an iter_XXXXXXX directory inside `directory`. An absolute pointer (written
+    before pointers were relative) is accepted when it lies inside `directory`."""
+    pointer = Path(directory) / LAST
+    if not pointer.is_file():
+        return None
+    root = Path(directory).resolve()
+    try:
+        text = pointer.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("%s is unreadable (%s); scanning for checkpoints instead", pointer, exc)
+        return None
+    if not text or "\n" in text or "\x00" in text:
+        log.warning("%s does not hold one path; scanning for checkpoints instead", pointer)
+        return None
+    target = (root / text).resolve()  # an absolute `text` replaces root
+    if not target.is_relative_to(root) or not _NAME.match(target.name):
+        log.warning("%s points at %s, which is not a checkpoint inside %s; ignoring it", pointer, text, root)
+        return None
+    return target
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -97,16 +141,30 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def verify(ckpt: Path) -> str | None:
-    """None if every file matches the manifest, else the reason it does not."""
+    """None if the manifest lists exactly the checkpoint's files and every one matches its size and CRC32, else
+    the reason it does not. Strict: a manifest that is not a JSON object of {"bytes": int, "crc32": int} entries,
+    an empty one, a path that leaves the directory, a file it does not list, all fail."""
+    ckpt = Path(ckpt)
     manifest_path = ckpt / MANIFEST
     if not manifest_path.is_file():
         return f"{manifest_path} is missing"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return f"{manifest_path} is unreadable ({exc})"
+    if not isinstance(manifest, dict) or not manifest:
+        return f"{manifest_path} is not a non-empty JSON object of files"
+    root = ckpt.resolve()
+    on_disk = {p.relative_to(ckpt).as_posix() for p in _files(ckpt)}
+    unlisted = sorted(on_disk - set(manifest))
+    if unlisted:
+        return f"{ckpt / unlisted[0]} is not in the manifest ({len(unlisted)} unlisted files)"
     for rel, meta in manifest.items():
         path = ckpt / rel
+        if not (isinstance(meta, dict) and type(meta.get("bytes")) is int and type(meta.get("crc32")) is int):
+            return f"{manifest_path}: the entry of '{rel}' is not {{\"bytes\": int, \"crc32\": int}}"
+        if not path.resolve().is_relative_to(root) or rel == MANIFEST:
+            return f"{manifest_path}: the entry '{rel}' does not name a file of the checkpoint"
         if not path.is_file():
             return f"{path} is missing"
         if path.stat().st_size != meta["bytes"]:
@@ -116,6 +174,14 @@ def verify(ckpt: Path) -> str | None:
     return None
 
 
+def require_complete(ckpt: Path, what: str = "checkpoint") -> Path:
+    """`ckpt` if it verifies, else a CheckpointError naming it and the reason (export, references, inits)."""
+    reason = verify(ckpt)
+    if reason:
+        raise CheckpointError(f"{what} {ckpt}: not a complete checkpoint: {reason}")
+    return Path(ckpt)
+
+
 def resolve_resume(work_dir: str | Path, resume: str) -> Path | None:
     """The checkpoint to resume from. resume='auto': the newest complete one in work_dir (None if there
     is none); else the path given, which must be complete."""
@@ -123,17 +189,31 @@ def resolve_resume(work_dir: str | Path, resume: str) -> Path | None:
         ckpt = Path(resume).resolve()
         reason = verify(ckpt)
         if reason:
-            raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint: {reason}")
+            raise CheckpointError(f"--resume {resume}: not a complete checkpoint: {reason}")
         return ckpt
-    root = Path(work_dir).resolve() / "checkpoints"
-    candidates = list_checkpoints(root)
-    pointer = Path(work_dir).resolve() / LAST
-    if pointer.is_file():
-        named = Path(pointer.read_text().strip())
-        candidates = [named] + [c for c in candidates if c != named]
+    candidates = newest_first(Path(work_dir))
     for ckpt in candidates:
         reason = verify(ckpt)
         if reason is None:
             return ckpt
         log.warning("checkpoint %s is incomplete or corrupted (%s); trying the previous one", ckpt, reason)
+    return None
+
+
+def newest_first(work_dir: Path) -> list[Path]:
+    """The checkpoints of a work_dir (or of its best/) to try, best first: the one its pointer names, then the
+    others newest first."""
+    root = Path(work_dir).resolve()
+    candidates = list_checkpoints(root / "checkpoints") + list_checkpoints(root)  # work_dir; or best/
+    named = read_pointer(root)
+    if named is not None:
+        candidates = [named] + [c for c in candidates if c != named]
+    return candidates
+
+
+def newest_complete(work_dir: Path) -> Path | None:
+    """The first checkpoint of `newest_first` that verifies, or None."""
+    for candidate in newest_first(work_dir):
+        if verify(candidate) is None:
+            return candidate
     return None

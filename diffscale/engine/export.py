@@ -10,12 +10,13 @@ whole state dict (the part's buffers beside the averaged parameters). Average na
 'decay_0.9999'), so a reader takes them from the metadata's `averages`, never by splitting keys.
 """
 
-import tempfile
 from pathlib import Path
 
 import torch
 
-from diffscale.engine.checkpoint import load_file
+from diffscale.engine.checkpoint import load_file, require_complete
+from diffscale.engine.safe_load import dcp_read_all, weights_only_torch_load
+from diffscale.errors import CheckpointError
 
 PartStates = dict[str, dict[str, torch.Tensor]]
 
@@ -38,8 +39,9 @@ def consolidate(ckpt: str | Path) -> tuple[PartStates, dict[str, PartStates], di
     """({part: state_dict}, {part: {average: its parameters}}, metadata) of checkpoint directory `ckpt`."""
     ckpt = Path(ckpt)
     if not (ckpt / "trainer.pt").is_file():
-        raise FileNotFoundError(f"{ckpt}: not a diffscale checkpoint (expected model.pt, dcp/ or ds/ inside) with its "
-                                f"trainer.pt")
+        raise CheckpointError(f"{ckpt}: not a diffscale checkpoint (expected model.pt, dcp/ or ds/ inside) with its "
+                              f"trainer.pt")
+    require_complete(ckpt)  # every file listed and intact before any is opened
     trainer = load_file(ckpt / "trainer.pt")
     kind, parts = trainer["strategy_name"], trainer["parts"]
     states, mirrors = {}, {}
@@ -48,11 +50,7 @@ def consolidate(ckpt: str | Path) -> tuple[PartStates, dict[str, PartStates], di
             state = load_file(ckpt / f"{name}.pt")
             states[name], mirrors[name] = state["model"], state.get("mirrors", {})
     elif kind == "fsdp":
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-        with tempfile.TemporaryDirectory() as tmp:
-            dcp_to_torch_save(ckpt / "dcp", Path(tmp) / "full.pt")
-            full = torch.load(Path(tmp) / "full.pt", weights_only=True)
+        full = dcp_read_all(ckpt / "dcp")
         for name in parts:
             states[name], mirrors[name] = full[name]["model"], full[name].get("mirrors", {})
     elif kind == "deepspeed":
@@ -61,12 +59,13 @@ def consolidate(ckpt: str | Path) -> tuple[PartStates, dict[str, PartStates], di
         all_mirrors = load_file(ckpt / "mirrors.pt")
         for name, info in parts.items():
             if info["trainable"]:
-                states[name] = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds" / name), tag="state")
+                with weights_only_torch_load():  # zero_to_fp32 calls torch.load(weights_only=False) itself
+                    states[name] = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds" / name), tag="state")
             else:
                 states[name] = load_file(ckpt / f"{name}.pt")["model"]
             mirrors[name] = all_mirrors.get(name, {})
     else:
-        raise FileNotFoundError(f"{ckpt}: unknown strategy '{kind}' in trainer.pt")
+        raise CheckpointError(f"{ckpt}: unknown strategy '{kind}' in trainer.pt")
     meta = {"strategy": kind, "step": trainer["step"], "nimg": trainer["nimg"], "parts": list(parts)}
     return ({n: _fp32(s) for n, s in states.items()}, {n: _averages(m) for n, m in mirrors.items()}, meta)
 

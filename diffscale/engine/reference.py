@@ -8,16 +8,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffscale.engine.checkpoint import LAST
-from diffscale.errors import ConfigError
+from diffscale.engine.checkpoint import LAST, newest_complete
+from diffscale.errors import CheckpointError, ConfigError
 from diffscale.registry import MODELS, build
 
 
 def resolve_checkpoint(path: str | Path, key: str = "checkpoint") -> Path:
-    """A checkpoint directory, a work_dir (its last_checkpoint) or an exported .safetensors file."""
+    """A checkpoint directory, a work_dir (its newest complete checkpoint: the one last_checkpoint names, else
+    the newest that verifies) or an exported .safetensors file."""
     path = Path(path)
-    if (path / LAST).is_file():
-        return Path((path / LAST).read_text().strip())
+    if (path / LAST).is_file() or (path / "checkpoints").is_dir():
+        found = newest_complete(path)
+        if found is None:
+            raise CheckpointError(f"{key}: work_dir '{path}' holds no complete checkpoint")
+        return found
     if path.is_dir() or (path.suffix == ".safetensors" and path.is_file()):
         return path
     raise ConfigError(f"reference checkpoint '{path}': no such checkpoint directory, work_dir with {LAST}, or "
@@ -67,9 +71,12 @@ def _from_export(path: Path, ema: str | None, part: str | None, key: str) -> dic
 
     from diffscale.engine.export import ema_prefix
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        flat = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            flat = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own SafetensorError (truncated, bad header) and OSError
+        raise CheckpointError(f"{key}: export '{path}' is unreadable ({type(exc).__name__}: {exc})") from None
     parts = json.loads(meta["parts"]) if "parts" in meta else ["model"]  # exports before parts: one part 'model'
     part = _pick_part(parts, part, path, key)
     state = {k[len(part) + 1:]: v for k, v in flat.items() if k.startswith(f"{part}.")}

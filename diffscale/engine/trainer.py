@@ -26,6 +26,7 @@ from diffscale.engine.hooks.logger import LoggerHook
 from diffscale.engine.parts import Part, base_lr, build_part, count_params
 from diffscale.engine.precision import autocast
 from diffscale.engine.strategies.base import Mirrors, StepStatus, Strategy
+from diffscale.engine.work_dir_lock import WorkDirBusy, WorkDirLock
 from diffscale.errors import ConfigError
 from diffscale.registry import DATASETS, HOOKS, LR_SCHEDULES, OBJECTIVES, STRATEGIES, build
 from diffscale.utils.dist import DistInfo, all_reduce_sum, barrier, broadcast_object
@@ -52,9 +53,30 @@ class Trainer:
         self.skipped_steps, self.nonfinite_in_a_row = 0, 0
         self.stop_requested = False
 
-        if dist_info.is_main:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-        barrier()
+        self.lock = WorkDirLock(self.work_dir) if dist_info.is_main else None
+        busy = None
+        if dist_info.is_main:  # before anything is written into the work_dir (engine/work_dir_lock.py)
+            try:
+                self.lock.acquire()
+            except WorkDirBusy as exc:
+                busy = str(exc)
+        busy = broadcast_object(busy)
+        if busy:
+            raise WorkDirBusy(busy)
+        try:
+            self._build(cfg, dist_info)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give the work_dir lock back (rank 0; idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _build(self, cfg: Config, dist_info: DistInfo) -> None:
+        tc = cfg.train_cfg
         setup_logging(self.work_dir, dist_info.is_main)
         self.writer = SummaryWriter(str(self.work_dir / "tensorboard")) if dist_info.is_main else None
         if dist_info.is_main:
@@ -111,11 +133,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> None:
+        try:
+            self._train()
+        finally:
+            self.release()
+
+    def _train(self) -> None:
         self._banner()
         for hook in self.hooks:
             hook.before_run(self)
         self._resume()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        interrupted = False
         try:
             while self.step < self.max_iters:
                 metrics = self._train_step()
@@ -124,11 +153,12 @@ class Trainer:
                 if metrics["stop"]:
                     log.info("SIGTERM: saving a checkpoint at step %d and exiting", self.step)
                     self.save_checkpoint(keep=self.cfg.checkpoint.keep)
+                    interrupted = True
                     break
         finally:
             signal.signal(signal.SIGTERM, previous)
-        for hook in self.hooks:
-            hook.after_run()
+        for hook in self.hooks:  # after a SIGTERM save, only the cheap part: a cluster's grace period is ~30 s
+            hook.after_interrupt() if interrupted else hook.after_run()
         if self.writer:
             self.writer.close()
 
@@ -206,10 +236,12 @@ class Trainer:
                 log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
                             step, self.nonfinite_in_a_row)
             if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+                newest = ckpt.newest_complete(self.work_dir)
+                resume = f"or resume from {newest}" if newest else "(no checkpoint was saved yet)"
                 raise NonFiniteLossError(
                     f"{self.nonfinite_in_a_row} non-finite steps in a row at step {step} "
                     f"(train_cfg.max_nonfinite_steps={self.max_nonfinite_steps}): lower the learning rate, "
-                    f"check the data, or resume from {self.work_dir / ckpt.LAST}")
+                    f"check the data, {resume}")
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.stop_requested = True  # finish this step, save, exit 0 (see train)
@@ -223,6 +255,10 @@ class Trainer:
         return mirrors
 
     def save_checkpoint(self, keep: int) -> Path:
+        lost = broadcast_object(self.lock.lost if self.lock is not None else None)
+        if lost:  # another run took the work_dir over (engine/work_dir_lock.py): publish nothing more
+            raise WorkDirBusy(f"work_dir {self.work_dir}: the lock was taken over by another run; "
+                              f"stopping at step {self.step} without saving")
         final = ckpt.checkpoint_dir(self.work_dir, self.step)
         tmp = ckpt.temp_dir(final)
         t0 = time.perf_counter()
@@ -237,6 +273,7 @@ class Trainer:
         if self.dist.is_main:
             ckpt.save_file({
                 "step": self.step, "nimg": self.nimg, "skipped_steps": self.skipped_steps,
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
                 "part_steps": dict(self.part_steps), "world_size": self.dist.world_size,
                 "strategy_name": self.strategy.name, "strategy": self.strategy.state_dict(),
                 "parts": {n: {"trainable": p.trainable} for n, p in self.parts.items()},
@@ -266,6 +303,7 @@ class Trainer:
                               f"{saved_parts}; this run is '{self.strategy.name}' with {list(self.parts)}")
         self.strategy.load(path, self._mirrors())
         self.step, self.nimg, self.skipped_steps = state["step"], state["nimg"], state["skipped_steps"]
+        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)  # absent in checkpoints before it was saved
         self.part_steps.update(state["part_steps"])
         self.strategy.load_state_dict(state["strategy"])
         self.objective.load_state_dict(state["objective"])

@@ -22,7 +22,7 @@ import torch
 from diffscale import config as C
 from diffscale.data.gmm import GaussianMixture2D
 from diffscale.data.toy import tree_mixture
-from diffscale.engine.checkpoint import LAST
+from diffscale.engine.checkpoint import read_pointer
 from diffscale.engine.reference import load_frozen
 from diffscale.evaluation import toy_report as R
 from diffscale.evaluation.toy_metrics import denoiser_metrics, noisy_set, sample_metrics, support_mask
@@ -83,10 +83,9 @@ def write_config(name: str, source: Path, options: list[str], out: Path) -> tupl
 
 def finished(work_dir: Path, max_iters: int) -> bool:
     """True if work_dir/last_checkpoint points at an existing checkpoint of iteration `max_iters`."""
-    pointer = work_dir / LAST
-    if not pointer.is_file():
+    ckpt = read_pointer(work_dir)
+    if ckpt is None:
         return False
-    ckpt = Path(pointer.read_text().strip())
     match = re.fullmatch(r"iter_(\d+)", ckpt.name)
     return match is not None and int(match.group(1)) == max_iters and ckpt.is_dir()
 

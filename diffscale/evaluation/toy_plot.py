@@ -2,15 +2,11 @@
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # headless: no display on training nodes
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from diffscale.data.gmm import GaussianMixture2D  # noqa: E402
-from diffscale.data.toy import EXTENT  # noqa: E402
+from diffscale.data.gmm import GaussianMixture2D
+from diffscale.data.toy import EXTENT
 
 CLASS_COLORS = ("tab:orange", "tab:blue")
 
@@ -23,6 +19,11 @@ def plot_samples(mixture: GaussianMixture2D, samples: torch.Tensor, labels: torc
     ys = torch.linspace(extent[2], extent[3], int(resolution * (extent[3] - extent[2]) / (extent[1] - extent[0])))
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
     logp = mixture.log_prob(grid, dtype=torch.float32).reshape(len(ys), len(xs)).numpy()
+    import matplotlib  # 0.7 s to import: only when a plot is drawn
+
+    matplotlib.use("Agg")  # headless: no display on training nodes
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     ax.imshow(np.clip(logp, logp.max() - 12, None), extent=extent, origin="lower", cmap="Greys", alpha=0.8)
     for cls, color in enumerate(CLASS_COLORS):

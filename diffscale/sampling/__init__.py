@@ -1,3 +1,3 @@
 """Samplers (SAMPLERS), guidance and sample generation; importing the package registers the samplers."""
 
-from diffscale.sampling import ddpm, early_exit, edm_heun, flow, one_step  # noqa: F401
+from diffscale.sampling import consistency, ddpm, early_exit, edm_heun, flow, one_step  # noqa: F401

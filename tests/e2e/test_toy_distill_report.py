@@ -71,7 +71,8 @@ def test_a_failed_training_names_the_run_and_its_output(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and re.fullmatch(rf"dmd2 \(4 iterations\) failed \(exit \d+\); its output: {out}/dmd2.out",
                                             lines[0])
-    assert str(ckpt) in (out / "dmd2.out").read_text()  # the trainer's own error names the empty teacher checkpoint
+    # The trainer's own error names the teacher work_dir, whose only checkpoint is empty (it has no manifest).
+    assert f"work_dir '{out / 'teacher'}' holds no complete checkpoint" in (out / "dmd2.out").read_text()
     assert not (out / "report.md").exists()
 
 

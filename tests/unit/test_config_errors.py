@@ -93,3 +93,42 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == ["config error: optimizer.type: 'Adamm' is not in the optimizer registry; closest: Adam, AdamW"]
+
+
+# ------------------------------------------------------------------------------- one line, never a traceback
+@pytest.mark.parametrize(("body", "expected"), [
+    ("x = 1 / 0\n", "ZeroDivisionError: division by zero ({path} line 1)"),
+    ("_base_ = ['./does_not_exist.py']\n", "no such file '{dir}/does_not_exist.py' (a _base_ entry?)"),
+    ("from mmengine.config import read_base\nwith read_base():\n    from .nothere import *\n",
+     "ConfigParsingError: {dir}/nothere.py not found!"),
+])
+def test_a_config_that_fails_to_load_is_one_line(capsys, tmp_path, body, expected):
+    path = tmp_path / "bad.py"
+    path.write_text(body)
+    code, err = run_main(capsys, str(path), "--work-dir", str(tmp_path / "work"))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"config error: config {path}: " + expected.format(path=path, dir=tmp_path)), err
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (["optimizer.lr=-1"], "optimizer.lr: expected a number > 0, got -1"),
+    (["optimizer.lr=0"], "optimizer.lr: expected a number > 0, got 0"),
+])
+def test_a_bad_learning_rate_is_one_line(capsys, tmp_path, options, expected):
+    code, err = run_main(capsys, SMALL, "--work-dir", str(tmp_path), "--cfg-options", *options)
+    assert code == 2
+    assert err.strip().splitlines() == [f"config error: {expected}"]
+
+
+def test_a_combination_the_constructor_rejects_names_the_keys(capsys, tmp_path):
+    """EDM2UNet's own ValueError (48 channels do not split into heads of 64), with the keys it was given."""
+    code, err = run_main(capsys, str(ROOT / "configs/ajest/edm2_xs_tiny.py"), "--work-dir", str(tmp_path),
+                         "--cfg-options", "model.net.channels=16")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("config error: model.net: EDM2UNet rejects model.net.preset='tiny-xs', "
+                               "model.net.channels=16")
+    assert lines[0].endswith("EDM2UNet: 48 channels do not split into heads of 64")

@@ -36,7 +36,8 @@ def averaged(model: torch.nn.Module, shift: float) -> dict[str, torch.Tensor]:
 
 def write_ddp_checkpoint(path, parts: dict[str, torch.nn.Module]) -> dict[str, dict[str, dict]]:
     """A checkpoint directory as the ddp strategy writes it (trainer.pt, <part>.pt with the hooks' mirrors);
-    returns {part: {average: parameters}}."""
+    returns {part: {average: parameters}}. Finalised like a saved one: manifest, rename, pointer."""
+    final, path = path, ckpt.temp_dir(path)
     path.mkdir(parents=True)
     ckpt.save_file({"strategy_name": "ddp", "step": 3, "nimg": 12,
                     "parts": {n: {"trainable": True} for n in parts}}, path / "trainer.pt")
@@ -46,6 +47,7 @@ def write_ddp_checkpoint(path, parts: dict[str, torch.nn.Module]) -> dict[str, d
         kept[name] = {avg: averaged(module, 0.1 * (i + j + 1)) for j, avg in enumerate(AVERAGES)}
         ckpt.save_file({"model": module.state_dict(),
                         "mirrors": {f"{hook}/{avg}": v for avg, v in kept[name].items()}}, path / f"{name}.pt")
+    ckpt.finalize(path, final, final.parent, keep=0)
     return kept
 
 

@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SLURM_TRAIN = ROOT / "tools" / "slurm_train.sh"
 SCRIPTS = sorted((ROOT / "tools").glob("*.sh"))
+TOY = str(ROOT / "tests" / "configs" / "toy_small.py")  # batch 128: divides on 1, 2, 4, 8, 16 processes
 
 FAKE_SRUN = """#!/usr/bin/env bash
 printf '%s\\n' "$@" > "$FAKE_SRUN_LOG.argv"
@@ -63,9 +64,10 @@ def test_slurm_train_usage_with_too_few_args(tmp_path, nargs):
 
 
 def test_slurm_train_builds_srun_command(tmp_path):
-    extra = ["--resume", "--cfg-options", "train_cfg.max_iters=10", "hooks=[dict(type='EMAHook', beta=0.9)]"]
+    extra = ["--resume", "--cfg-options", "train_cfg.max_iters=10", "checkpoint.keep=3"]
+    config = str(ROOT / "configs/toy/tree2d_ajest.py")
     result, argv, env = _run_slurm_train(
-        tmp_path, ["gpu_part", "ajest", "configs/toy/tree2d_ajest.py", "work_dirs/run 1", *extra],
+        tmp_path, ["gpu_part", "ajest", config, "work_dirs/run 1", *extra],
         GPUS="16", GPUS_PER_NODE="8", CPUS_PER_TASK="4", SRUN_ARGS="--time=1:00:00 --exclusive")
     assert result.returncode == 0, result.stderr
     srun_opts, command = _split(argv)
@@ -74,14 +76,14 @@ def test_slurm_train_builds_srun_command(tmp_path):
                 "--time=1:00:00", "--exclusive"]:
         assert opt in srun_opts, f"{opt} missing from srun options {srun_opts}"
     assert command[:2] == ["python", "-u"] and Path(command[2]).resolve() == ROOT / "tools" / "train.py"
-    assert command[3:] == ["configs/toy/tree2d_ajest.py", "--work-dir", "work_dirs/run 1", "--launcher", "slurm",
+    assert command[3:] == [config, "--work-dir", "work_dirs/run 1", "--launcher", "slurm",
                            *extra]
     first = Path(env["PYTHONPATH"].split(os.pathsep)[0])
     assert first.resolve() == ROOT, "the repo root comes first on PYTHONPATH"
 
 
 def test_slurm_train_defaults(tmp_path):
-    result, argv, _ = _run_slurm_train(tmp_path, ["p", "j", "c.py", "wd"])
+    result, argv, _ = _run_slurm_train(tmp_path, ["p", "j", TOY, "wd"])
     assert result.returncode == 0, result.stderr
     srun_opts, command = _split(argv)
     for opt in ["--gres=gpu:8", "--ntasks=8", "--ntasks-per-node=8", "--cpus-per-task=5"]:
@@ -90,7 +92,7 @@ def test_slurm_train_defaults(tmp_path):
 
 
 def test_slurm_train_job_smaller_than_a_node_asks_for_its_gpus_only(tmp_path):
-    result, argv, _ = _run_slurm_train(tmp_path, ["p", "j", "c.py", "wd"], GPUS="2")
+    result, argv, _ = _run_slurm_train(tmp_path, ["p", "j", TOY, "wd"], GPUS="2")
     assert result.returncode == 0, result.stderr
     srun_opts, _ = _split(argv)
     assert {"--gres=gpu:2", "--ntasks=2", "--ntasks-per-node=2"} <= set(srun_opts)
@@ -98,7 +100,24 @@ def test_slurm_train_job_smaller_than_a_node_asks_for_its_gpus_only(tmp_path):
 
 @pytest.mark.parametrize("env", [{"GPUS": "12", "GPUS_PER_NODE": "8"}, {"GPUS": "0"}, {"CPUS_PER_TASK": "five"}])
 def test_slurm_train_rejects_bad_counts_before_queueing(tmp_path, env):
-    result, argv, _ = _run_slurm_train(tmp_path, ["p", "j", "c.py", "wd"], **env)
+    result, argv, _ = _run_slurm_train(tmp_path, ["p", "j", TOY, "wd"], **env)
     assert result.returncode != 0
     assert "error" in result.stderr
     assert argv is None, "srun must not run"
+
+
+def test_slurm_train_checks_the_batch_for_the_world_before_srun(tmp_path):
+    result, argv, _ = _run_slurm_train(tmp_path, ["p", "j", TOY, "wd"], GPUS="3")
+    assert result.returncode == 2 and argv is None, "srun must not run"
+    assert result.stderr.strip().splitlines() == [
+        "config error: train_cfg.batch_size: 128 is not divisible by the world size 3"]
+
+
+def test_dist_train_checks_the_batch_for_the_world_before_torchrun(tmp_path):
+    """A batch that does not divide under torchrun: one line from the launcher, no workers, no ChildFailedError."""
+    result = subprocess.run(["bash", str(ROOT / "tools" / "dist_train.sh"), TOY, "3", "--work-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "NNODES": "1"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "config error: train_cfg.batch_size: 128 is not divisible by the world size 3"]
+    assert not (tmp_path / "train.log").exists()

@@ -12,6 +12,9 @@ CPU = DistInfo(0, 1, 0, torch.device("cpu"))
 NET = dict(type="ToyMLP", hidden_dim=16, num_layers=2)
 ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
     "model": {"ToyMLP": (dict(hidden_dim=16, num_layers=2), {}), "EDMPrecond": (dict(net=NET, label_dim=2), {}),
+              "ConsistencyPrecond": (dict(net=NET, label_dim=2), {}),
+              "SongUNet": (dict(preset="ddpmpp", img_resolution=8, model_channels=16, channel_mult=(1, 2), num_blocks=1,
+                                attn_resolutions=(4,)), {}),
               "EDM2UNet": (dict(preset="tiny-xxs", channels=16, channels_per_head=16), {}),
               "DDPMUNet": (dict(preset="tiny", emb_ch=8, t_dim=16, c_dim=16), {}),
               "DDPMNet": (dict(net=NET, label_dim=2), {}),
@@ -24,8 +27,10 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
     "objective": {"EDMLoss": ({}, {}), "DMD2Loss": (dict(gen_update_every=3), {}),
                   "DDPMLoss": (dict(num_timesteps=16, importance_sampling=True), {}),
                   "DeeDiffLoss": (dict(num_timesteps=16), {}),
-                  "TimeNoiseLoss": ({}, {}), "RectifiedFlowLoss": (dict(t_sampling="uniform", shift=3.0), {})},
+                  "TimeNoiseLoss": ({}, {}), "RectifiedFlowLoss": (dict(t_sampling="uniform", shift=3.0), {}),
+                  "ConsistencyDistillationLoss": ({}, {})},
     "sampler": {"EDMHeunSampler": (dict(num_steps=4), {}), "OneStepSampler": (dict(sigma_max=5.0), {}),
+                "ConsistencySampler": (dict(sigmas=(80.0, 0.5853)), {}),
                 "DDPMSampler": (dict(num_timesteps=16), {}), "DDIMSampler": (dict(num_timesteps=16, num_steps=4), {}),
                 "EarlyExitDDPMSampler": (dict(threshold=0.1, num_timesteps=16), {}),
                 "EarlyExitDDIMSampler": (dict(threshold=0.1, num_timesteps=16, num_steps=4, simulate=True), {}),

@@ -8,6 +8,8 @@ loader  writes `--loader-images` random 64x64 RGB images into a temporary folder
         gather (and decode) in the loader, x-flip, uint8 -> float32 in [-1, 1] on the device; with the DataLoader
         workers and in-process (0 workers). `x_consumption_<encoding>` is the slowest of these figures over
         `--loader-consumption`, the images/s the trainer consumes. Target: >= 5x (tiny-xxs at batch 16).
+        The cost of `verify=True` on the raw dataset: `verify_s` (checking every shard's content hash, once, at
+        start-up) and `verify_epochs`, that time in epochs of the fastest loader figure.
 """
 
 import argparse
@@ -109,7 +111,21 @@ def bench_loader(args: argparse.Namespace) -> dict:
                     results[f"{encoding}_img_per_s_{suffix}"] = ips
                     figures.append(ips)
             results[f"x_consumption_{encoding}"] = min(figures) / consumption
+            if encoding == "raw":
+                results.update(_verify_cost(path, num_images, max(figures)))
     return results
+
+
+def _verify_cost(path: Path, num_images: int, img_per_s: float) -> dict:
+    """Seconds to check every shard's content hash (what verify=True adds at start-up), median of 3, and that
+    time in epochs of the loader at `img_per_s`."""
+    from diffscale.data.mds import MDSIndex, ShardStore
+
+    index, _ = MDSIndex.open(str(path))
+    store = ShardStore(index)
+    seconds = statistics.median(time_steps(store.verify_hashes, 1) for _ in range(3))
+    return {"verify_s": seconds, "verify_mb_per_s": sum(index.shard_bytes) / 1e6 / seconds,
+            "verify_epochs": seconds / (num_images / img_per_s)}
 
 
 SUITES = {"loader": bench_loader}

@@ -44,6 +44,11 @@ class Hook:
     def after_run(self) -> None:
         pass
 
+    def after_interrupt(self) -> None:
+        """Instead of after_run when the run stopped on SIGTERM (after its save): only what must not be lost and
+        takes well under a second (flush logs, publish a finished best checkpoint); no sampling, plots or
+        evaluation, so the process exits inside a cluster's grace period (torchrun and SLURM: 30 s)."""
+
     def state_dict(self) -> dict:
         return {}
 

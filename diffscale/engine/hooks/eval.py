@@ -62,7 +62,7 @@ def publish_best(src: Path, work_dir: Path, record: dict) -> Path:
     shutil.copytree(src, tmp, copy_function=_link_or_copy)
     os.replace(tmp, final)
     _replace_text(root / "best.json", json.dumps(dict(record, checkpoint=str(final)), indent=1) + "\n")
-    _replace_text(root / ckpt.LAST, str(final) + "\n")
+    ckpt.write_pointer(root, final)
     for old in root.iterdir():
         if old.is_dir() and old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -119,6 +119,9 @@ class EvalHook(Hook):
 
     def after_run(self) -> None:
         self._publish_pending()
+
+    def after_interrupt(self) -> None:
+        self._publish_pending()  # links of a checkpoint already on disk: cheap
 
     def evaluate(self) -> dict[str, float]:
         """One evaluation of the current weights (the average test_cfg.ema). Collective."""

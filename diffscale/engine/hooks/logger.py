@@ -94,6 +94,9 @@ class LoggerHook(Hook):
                                            for k in shown), trainer.step, trainer.max_iters,
                  *(scalars[k] for k in shown))
 
+    def after_interrupt(self) -> None:
+        self.after_run()
+
     def after_run(self) -> None:
         if self.bar is not None:
             self.bar.close()

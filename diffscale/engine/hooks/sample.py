@@ -8,7 +8,6 @@ classes at every interval, so grids from different steps compare directly.
 import logging
 
 import torch
-from torchvision.utils import make_grid, save_image
 
 from diffscale.engine.hooks.base import Hook, every
 from diffscale.engine.hooks.nets import part_copy
@@ -76,6 +75,8 @@ class SampleHook(Hook):
                            num_classes=int(getattr(net, "label_dim", 0)), seed=self.seed, device=device,
                            images=False, decoder=self.decoder)
         samples = torch.cat([b.samples for b in batches]).cpu()
+        from torchvision.utils import make_grid, save_image  # 1.5 s to import: only when a grid is written
+
         grid = make_grid(preview(samples), nrow=self.nrow, padding=1)
         path = trainer.work_dir / "samples" / f"grid_{self.ema or 'raw'}_iter_{trainer.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from diffscale.engine.checkpoint import load_file, save_file
 from diffscale.engine.precision import DTYPES
+from diffscale.engine.safe_load import guard_engine
 from diffscale.engine.strategies.base import Mirrors, StepStatus, Strategy, log
 from diffscale.errors import ConfigError
 from diffscale.registry import STRATEGIES
@@ -74,6 +75,7 @@ class DeepSpeedStrategy(Strategy):
             optimizer = self.build_optimizer(part)
             engine, self.optimizers[name], _, _ = deepspeed.initialize(
                 model=module, optimizer=optimizer, config=config, dist_init_required=False)
+            guard_engine(engine)  # its checkpoint files load with weights_only=True (engine/safe_load.py)
             self.wrapped[name] = engine
 
     def _param_groups(self, part: str) -> list[dict]:

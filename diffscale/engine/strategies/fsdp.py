@@ -1,28 +1,22 @@
 """PyTorch FSDP2: `fully_shard` on every block, then on the root (torchtitan's order), with a mixed-precision
 policy, for every part (frozen ones too: their weights are sharded, they have no optimizer). Checkpoints use
-torch.distributed.checkpoint (DCP), one state for all parts, so a run saved on N ranks resumes on M."""
+torch.distributed.checkpoint (DCP), one state for all parts, so a run saved on N ranks resumes on M.
+
+torch.distributed.checkpoint, fsdp and tensor are imported where used: they cost 1.5 s per process start, which
+a ddp or deepspeed run (or a tool that only reads a ddp checkpoint) should not pay."""
 
 import contextlib
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_state_dict,
-)
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 from diffscale.engine.parts import Part
 from diffscale.engine.precision import DTYPES
+from diffscale.engine.safe_load import dcp_failure, dcp_planner, dcp_reader
 from diffscale.engine.strategies.base import Mirrors, TorchStrategy
+from diffscale.errors import CheckpointError
 from diffscale.registry import STRATEGIES
 
 
@@ -43,6 +37,9 @@ class FSDPStrategy(TorchStrategy):
         self.mesh = None
 
     def wrap(self, module: nn.Module, part: Part) -> nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
         if self.mesh is None:
             self.mesh = init_device_mesh(self.dist.device.type, (self.dist.world_size,))
         # Compute in the run's precision; reduce gradients in fp32 so accumulation does not lose bits.
@@ -71,7 +68,9 @@ class FSDPStrategy(TorchStrategy):
     def param_tensors(self, part: str) -> dict[str, torch.Tensor]:
         return {n: p.detach().to_local() for n, p in self.modules[part].named_parameters() if p.requires_grad}
 
-    def _as_dtensors(self, part: str, tensors: dict[str, torch.Tensor]) -> dict[str, DTensor]:
+    def _as_dtensors(self, part: str, tensors: dict[str, torch.Tensor]) -> dict:
+        from torch.distributed.tensor import DTensor
+
         params = dict(self.modules[part].named_parameters())
         return {
             n: DTensor.from_local(t, params[n].device_mesh, params[n].placements, run_check=False,
@@ -84,11 +83,15 @@ class FSDPStrategy(TorchStrategy):
         return full if self.dist.is_main else None
 
     def full_state(self, part: str) -> dict[str, torch.Tensor] | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.modules[part], options=options)
         return state if self.dist.is_main else None
 
     def _state(self, mirrors: Mirrors) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
         state = {}
         for name, module in self.modules.items():
             if name in self.optimizers:
@@ -101,11 +104,29 @@ class FSDPStrategy(TorchStrategy):
         return state
 
     def save(self, ckpt_dir: Path, mirrors: Mirrors) -> None:
+        import torch.distributed.checkpoint as dcp
+
         dcp.save(self._state(mirrors), checkpoint_id=str(ckpt_dir / "dcp"))
 
     def load(self, ckpt_dir: Path, mirrors: Mirrors) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
         state = self._state(mirrors)
-        dcp.load(state, checkpoint_id=str(ckpt_dir / "dcp"))  # reshards to this world size
+        # reshards to this world size; reader and planner run no code from the files (engine/safe_load.py)
+        try:
+            dcp.load(state, storage_reader=dcp_reader(ckpt_dir / "dcp"), planner=dcp_planner())
+        except CheckpointError:
+            raise
+        except BaseException as exc:  # DCP gathers each rank's failure into a CheckpointException (BaseException)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            inner = dcp_failure(exc)
+            if isinstance(inner, CheckpointError):
+                raise inner from None
+            detail = " ".join(str(inner).split())[:400]
+            raise CheckpointError(f"{ckpt_dir / 'dcp'}: refused or unreadable ({type(inner).__name__}: {detail})") \
+                from None
         for name, module in self.modules.items():
             entry = state[name]
             if name in self.optimizers:
