@@ -1,6 +1,7 @@
 """No checkpoint file may run code when it is read: a pickle planted in every file of every strategy's checkpoint
 (its manifest rewritten to match, as an attacker would) is refused by resume, export and reference loading, with
-one line naming the file, and its command never runs.
+one line naming the file, and its command never runs. The checkpoints are of the three-part DMD2 toy, so per-part
+files and a frozen part's file (`real_score`, as a frozen VAE decoder part is written) are among them.
 
 The payload is `os.system("touch MARKER")` as a pickle reduce: torch files get it through torch.save, DCP's
 `.metadata` as a plain pickle, and DCP's data file as every item it stores (tensors and bytes alike)."""
@@ -74,20 +75,35 @@ def plant(ckpt_dir: Path, rel: str, marker: Path) -> None:
     remanifest(ckpt_dir)
 
 
+DMD2 = str(ROOT / "tests" / "configs" / "dmd2_small.py")
+PARTS = ("generator", "fake_score", "real_score")
+
+
+def dmd2_options(teacher: Path) -> list[str]:
+    return ["train_cfg.max_iters=2", *(f"parts.{p}.init.checkpoint={teacher}" for p in PARTS)]
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """A 2-step single-process run of the toy under each strategy, started together."""
+    """A 2-step single-process DMD2 toy run under each strategy (started together), its three parts initialised
+    from a 1-step toy EDM run."""
     root = tmp_path_factory.mktemp("runs")
+    run([sys.executable, str(ROOT / "tools/train.py"), SMALL, "--work-dir", str(root / "teacher"), "--cfg-options",
+         "train_cfg.max_iters=1"])
     procs = {}
     for name, options in STRATEGIES.items():
-        cmd = [sys.executable, str(ROOT / "tools/train.py"), SMALL, "--work-dir", str(root / name), "--cfg-options",
-               "train_cfg.max_iters=2", *options]
+        cmd = [sys.executable, str(ROOT / "tools/train.py"), DMD2, "--work-dir", str(root / name), "--cfg-options",
+               *dmd2_options(root / "teacher"), *options]
         procs[name] = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                        text=True)
     for proc in procs.values():
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
     return {name: last_checkpoint(root / name) for name in STRATEGIES}
+
+
+def source_name(case: dict) -> str:
+    return Path(case["ckpt"]).name  # the error names the file under it: print what follows
 
 
 RESUME_ALL = """
@@ -122,14 +138,18 @@ def test_planted_payloads_are_refused_everywhere(checkpoints, tmp_path):
             plant(target, rel, marker)
             assert ckpt.verify(target) is None  # the manifest no longer protects: the readers must
             planted.append((name, rel, target, work))
-            cases.append({"config": SMALL, "options": ["train_cfg.max_iters=3", *STRATEGIES[name]],
+            teacher = source.parents[2] / "teacher"
+            cases.append({"config": DMD2, "options": [*dmd2_options(teacher), "train_cfg.max_iters=3",
+                                                      *STRATEGIES[name]],
                           "work_dir": str(tmp_path / f"resume-{len(cases)}"), "ckpt": str(target)})
-    assert {n for n, *_ in planted} == set(STRATEGIES) and len(planted) >= 10
+    planted_files = {(n, rel) for n, rel, *_ in planted}
+    assert {("ddp", f"{p}.pt") for p in PARTS} | {("deepspeed", "real_score.pt")} <= planted_files
 
     # Export and reference loading (part init, curation reference, guide, tools/test.py) in this process. They read
     # every file but the per-rank state (data order and noise, which only resume needs).
     for name, rel, target, work in planted:
-        for load in (lambda t=target: flat_weights(t), lambda w=work: load_weights(resolve_checkpoint(w), None)):
+        for load in (lambda t=target: flat_weights(t),
+                     lambda w=work: load_weights(resolve_checkpoint(w), None, part="generator")):
             if rel.startswith("rank_"):
                 load()  # not opened
                 continue
@@ -143,7 +163,7 @@ def test_planted_payloads_are_refused_everywhere(checkpoints, tmp_path):
     for (name, rel, _, _), case in zip(planted, cases, strict=True):
         error = results[case["ckpt"]]
         assert error is not None and error.startswith("CheckpointError") and "\n" not in error, (name, rel, error)
-        print(f"{name:9s} {rel:55s} refused: {error[:110]}")
+        print(f"{name:9s} {rel:70s} {error.split(source_name(case), 1)[-1][:120]}")
     assert not marker.exists(), "a planted payload ran"
 
 
