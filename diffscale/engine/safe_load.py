@@ -6,8 +6,9 @@ and torch.distributed.checkpoint (DCP) reads `.metadata` with `pickle.load` and 
 optimizer hyperparameters) with `torch.load(weights_only=False)`. A planted pickle in any of those files would run
 on resume, export, or when a checkpoint serves as a reference, guide or part `init`. Here:
 
-- DeepSpeed: `safe_torch_load` is weights_only=True plus the three DeepSpeed classes its ZeRO optimizer state
-  holds (a loss-scaler record, the ZeRO stage enum, a fragment address: plain attribute records, no code). Engines
+- DeepSpeed: `safe_torch_load` is weights_only=True plus the DeepSpeed classes its ZeRO optimizer state holds (the
+  static or dynamic (fp16) loss-scaler record, the ZeRO stage enum, a fragment address: plain attribute records
+  rebuilt without running code). Engines
   get it as their checkpoint engine's `load` (`guard_engine`); the offline consolidation (`zero_to_fp32`, which
   calls torch.load itself) runs under `weights_only_torch_load`.
 - DCP: `SafeFileSystemReader` unpickles `.metadata` admitting only DCP's own metadata records, torch.Size, dtypes
@@ -30,11 +31,11 @@ _REFUSED = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, Attribut
 
 
 def _deepspeed_globals() -> list:
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [LossScaler, ZeroStageEnum, fragment_address]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 def _refused(path: object, exc: BaseException) -> CheckpointError:
@@ -119,8 +120,9 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         if (module, name) in self.allowed:
             return self.allowed[(module, name)]
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
+                                                                        torch.memory_format)):
+            return getattr(torch, name)  # dtypes, layouts and memory formats are constants, not callables
         raise pickle.UnpicklingError(f"refusing the global {module}.{name}: DCP metadata holds only its own "
                                      "records, sizes, dtypes and paths")
 
@@ -133,7 +135,8 @@ def _filesystem_reader():
         """FileSystemReader whose `.metadata` goes through `_MetadataUnpickler`."""
 
         def read_metadata(self, *args, **kwargs):
-            path = Path(self._get_metadata_path(kwargs.get("rank")))
+            rank = kwargs.get("rank")  # DCP's names: '.metadata', or '__<rank>.metadata' per rank
+            path = Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata")
             try:
                 with open(path, "rb") as f:
                     metadata = _MetadataUnpickler(f, path).load()
