@@ -6,7 +6,8 @@ import torch
 
 from diffscale.registry import LR_SCHEDULES, OPTIMIZERS
 
-for _opt in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
+# RAdam (Liu et al. 2020): consistency distillation's CIFAR-10 optimizer (openai/consistency_models_cifar10).
+for _opt in (torch.optim.Adam, torch.optim.AdamW, torch.optim.RAdam, torch.optim.SGD):
     OPTIMIZERS.register_module(module=_opt)
 
 

@@ -61,7 +61,7 @@ lr_schedule = None
     (BASE + f"parts = dict(model=dict(model={TOY}, trainable=['net.*']))",
      "parts.model: trainable=['net.*'] needs an optimizer (a part without one is frozen)"),
     (BASE + f"parts = dict(model=dict(model={TOY}, optimizer=dict(type='Adamm')))",
-     "parts.model.optimizer.type: 'Adamm' is not in the optimizer registry; closest: Adam, AdamW"),
+     "parts.model.optimizer.type: 'Adamm' is not in the optimizer registry; closest: Adam, RAdam, AdamW"),
     (BASE + f"parts = dict(model=dict(model={TOY}, optimizer=dict(type='Adam'), trainable=['net.block.*']))",
      "parts.model.trainable: pattern 'net.block.*' matches no parameter of EDMPrecond"),
     (BASE + f"parts = dict(model=dict(model={TOY}, optimizer=dict(type='Adam'), init=dict(checkpoint='nope')))",

@@ -39,7 +39,7 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
     "dataset": {"Tree2DStream": ({}, dict(batch_gpu=8, rank=1, seed=3)),
                 "MDSImageStream": (dict(path=None, num_workers=0), dict(batch_gpu=4, rank=1, world_size=2, seed=3))},
     "optimizer": {name: ({"lr": 0.1}, {"params": [torch.nn.Parameter(torch.ones(2))]})
-                  for name in ("Adam", "AdamW", "SGD")},
+                  for name in ("Adam", "AdamW", "RAdam", "SGD")},
     "lr_schedule": {"ConstantLR": (dict(warmup_iters=10), {}), "InvSqrtLR": (dict(ref_iters=100, rampup_iters=10), {}),
                     "WarmupCosineLR": (dict(max_iters=100, warmup_iters=10), {})},
     "hook": {"EMAHook": ({}, {}), "LoggerHook": ({}, {}), "CheckpointHook": (dict(interval=5), {}),
