@@ -17,6 +17,9 @@ add_arguments(parser) for its own options. Suites (see each module's docstring f
   flow.py        flow_step (FlowDiT DiT-B/2 step in the trainer vs bare), flow_gpu (bf16 img/s and MFU with SDPA,
                  xformers and torch.compile; CUDA only), flow_encode (tools/encode_latents.py's loop vs the VAE
                  encoder's forward)
+  distill.py     dmd2_step (a DMD2 CIFAR-10 iteration on a shrunk EDM DDPM++ in the trainer vs the passes and
+                 optimizer steps it must do; --dmd2-gan adds DMD2's GAN head), one_step_vs_heun (one-step
+                 generation vs the teacher's 35-NFE Heun sampling on the same network: img/s and speedup)
 """
 
 import argparse

@@ -54,6 +54,8 @@ class EDMPrecond(nn.Module):
     forward(x[B, ...], sigma[B], class_labels[B] int or [B, label_dim] float | None) -> D(x) [B, ...];
     with return_logvar=True also the learned per-sigma log-variance [B]. logvar_channels=0 builds no log-variance
     head (EDM's EDMPrecond, e.g. around an imported SongUNet): train it with EDMLoss(learned_logvar=False).
+    return_features=True returns the body's bottleneck features at the preconditioned input instead of D(x) (a body
+    that has them, e.g. SongUNet: the input of DMD2's GAN head, models/gan_head.py).
     """
 
     def __init__(self, net: dict | nn.Module, sigma_data: float = 0.5, label_dim: int = 0, logvar_channels: int = 128):
@@ -81,9 +83,12 @@ class EDMPrecond(nn.Module):
         sigma: torch.Tensor,
         class_labels: torch.Tensor | None = None,
         return_logvar: bool = False,
+        return_features: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         c_skip, c_out, c_in, c_noise = preconditioning(sigma, self.sigma_data, x.ndim)
         labels = self.one_hot(class_labels, x.shape[0], x.device)
+        if return_features:
+            return self.net(c_in * x, c_noise, labels, return_features=True)
         F_x = self.net(c_in * x, c_noise, labels)
         D_x = c_skip * x + c_out * F_x.to(torch.float32)
         if not return_logvar:

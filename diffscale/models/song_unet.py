@@ -257,6 +257,8 @@ class SongUNet(nn.Module):
             channel_mult_noise=channel_mult_noise, encoder_type=encoder_type, decoder_type=decoder_type,
             resample_filter=resample_filter))
         self.config, self.preset = cfg, preset
+        # What a sample looks like (sampling/generate.py sample_shape: SampleHook, tools/generate.py without a shape).
+        self.img_channels, self.img_resolution = cfg["in_channels"], cfg["img_resolution"]
         self.label_dim, self.augment_dim, self.label_dropout = cfg["label_dim"], cfg["augment_dim"], \
             cfg["label_dropout"]
         noise_ch = cfg["model_channels"] * cfg["channel_mult_noise"]
@@ -336,6 +338,12 @@ class SongUNet(nn.Module):
                 self._add(dec, "dec", f"{tag}_aux_conv", "aux_conv", Conv(cout, out, 3, scale=ZERO_SCALE))
         return dec
 
+    def feature_shape(self) -> tuple[int, int, int]:
+        """[C, H, W] of the bottleneck features `forward(..., return_features=True)` returns: the last encoder
+        block's output, at the lowest resolution (DDPM++ / NCSN++ at 32 px: [256, 8, 8])."""
+        res = self.config["img_resolution"] >> (len(self.config["channel_mult"]) - 1)
+        return self.config["model_channels"] * self.config["channel_mult"][-1], res, res
+
     def fsdp_units(self) -> list[nn.Module]:
         """One unit per residual block; the mapping network, input conv and output layers stay with the root."""
         return [m for m in (*self.enc.values(), *self.dec.values()) if isinstance(m, SongBlock)]
@@ -357,7 +365,9 @@ class SongUNet(nn.Module):
         return silu(self.map_layer1(silu(self.map_layer0(emb))))
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+                augment_labels: torch.Tensor | None = None, return_features: bool = False) -> torch.Tensor:
+        """return_features=True: the bottleneck [B, *feature_shape()] instead of the output; the decoder does not
+        run (a GAN head's input, as DMD2's `return_bottleneck`)."""
         emb = self.embed(noise_labels, class_labels, augment_labels)
         skips, image = [], x  # image: the encoder's second path ('skip' / 'residual' encoders)
         for name, module in self.enc.items():
@@ -371,6 +381,8 @@ class SongUNet(nn.Module):
             else:
                 x = module(x, emb) if role == "block" else module(x)
                 skips.append(x)
+        if return_features:
+            return x
         out = h = None
         for name, module in self.dec.items():
             role = self.roles[f"dec.{name}"]

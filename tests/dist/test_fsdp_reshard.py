@@ -13,8 +13,8 @@ def test_save_on_two_ranks_resume_on_one(tmp_path):
     # One more step on a single rank with lr 1e-30 (below every weight's ulp; 0 is refused as a config error): Adam
     # leaves the weights exactly as loaded, so the new
     # checkpoint shows what was loaded. The batch arithmetic changes with the world size (accum 2 -> 4).
-    out = train(SMALL, tmp_path, nproc=1, options=("strategy.type=fsdp", "train_cfg.max_iters=11", "optimizer.lr=1e-30"),
-                extra=("--resume",))
+    out = train(SMALL, tmp_path, nproc=1,
+                options=("strategy.type=fsdp", "train_cfg.max_iters=11", "optimizer.lr=1e-30"), extra=("--resume",))
     assert "resuming a 2-rank checkpoint on 1 ranks" in out.stderr
     assert last_checkpoint(tmp_path).name == "iter_0000011"
     loaded = export(last_checkpoint(tmp_path), tmp_path / "one.safetensors")

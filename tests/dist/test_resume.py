@@ -1,5 +1,6 @@
 """kill -9 in the middle of a run, then --resume: the final weights equal an uninterrupted run's
-(bitwise on 1 process and on 2-process DDP; within 1e-6 under FSDP and DeepSpeed), data order included."""
+(bitwise; the shared helpers here serve the 2-process cases of test_dmd2, test_ddpm and test_flow), data order
+included; a corrupted newest checkpoint falls back; SIGTERM saves and exits inside the grace period."""
 
 import os
 import shutil
@@ -14,12 +15,11 @@ from tests.helpers import ROOT, env, export, last_checkpoint, max_abs_diff, trai
 
 RESUME = str(ROOT / "tests" / "configs" / "toy_resume.py")
 
-# 2-process DDP and ZeRO-3 resume are checked on the three-part DMD2 toy (tests/dist/test_dmd2.py, which covers all
-# four cases) and, for DDP, on DDPM and FlowDiT (test_ddpm.py, test_flow.py); here the one-part toy on 1 process and
-# under FSDP2.
+# The one-part toy on 1 process here; 2-process resume (killing torchrun's workers too, see kill9_after_checkpoint)
+# is checked on the three-part DMD2 images (tests/dist/test_dmd2.py: DDP bitwise, FSDP2 within 1e-6, per-part files),
+# on DDPM and on FlowDiT (test_ddpm.py, test_flow.py: DDP bitwise).
 CASES = {  # name: (processes, cfg-options, tolerance)
     "single": (1, (), 0.0),
-    "fsdp": (2, ("strategy.type=fsdp",), 1e-6),
 }
 
 
@@ -43,14 +43,36 @@ def wait_for_checkpoint(proc: subprocess.Popen, work_dir: Path, step: int, timeo
 
 def kill9_after_checkpoint(cmd: list[str], work_dir: Path, step: int, log: Path) -> None:
     """Start `cmd`, wait for its checkpoint `step`, let it run a few more steps (lost, to be redone after a resume)
-    and kill -9 the whole launcher tree."""
+    and kill -9 the launcher and every worker it started, at once. torchrun starts each worker in its own session,
+    so killing the launcher's process group alone would leave them running: they would finish the run before or
+    while --resume starts, and the resume would test nothing."""
     proc = start(cmd, log)
+    workers: list[int] = []
     try:
         wait_for_checkpoint(proc, work_dir, step)
         time.sleep(0.3)
     finally:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        workers = [int(pid) for pid in children.read_text().split()] if children.exists() else []
         os.killpg(proc.pid, signal.SIGKILL)
+        for pid in workers:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
+    deadline = time.time() + 30
+    while any(_running(pid) for pid in workers):
+        assert time.time() < deadline, "torchrun's workers outlived SIGKILL"
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (its state letter in /proc/<pid>/stat)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def kill9_resume_and_compare(config: str, tmp_path: Path, name: str, nproc: int, options: tuple[str, ...],
@@ -129,7 +151,7 @@ def test_sigterm_saves_and_exits_zero_within_the_grace_period(tmp_path, single_r
     stopped_at = int(last_checkpoint(tmp_path).name.split("_")[1])
     assert 10 < stopped_at < 30, stopped_at  # saved at the step it stopped on, not at an interval
     assert "SIGTERM" in log
-    save_s = float(re.findall(r"saved \S+iter_%07d \(([\d.]+) s\)" % stopped_at, log)[-1])
+    save_s = float(re.findall(rf"saved \S+iter_{stopped_at:07d} \(([\d.]+) s\)", log)[-1])
     print(f"SIGTERM to exit: {exit_s:.2f} s (the save: {save_s:.2f} s, a step: 0.08 s + compute)")
     assert exit_s < 0.5 + save_s + 5.0  # the step in progress, the save, and under 5 s more
     assert not list((tmp_path / "samples").glob("toy_*.png")), "the end-of-run plot ran after SIGTERM"

@@ -92,7 +92,8 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines == ["config error: optimizer.type: 'Adamm' is not in the optimizer registry; closest: Adam, RAdam, AdamW"]
+    assert lines == ["config error: optimizer.type: 'Adamm' is not in the optimizer registry; closest: Adam, RAdam, "
+                     "AdamW"]
 
 
 # ------------------------------------------------------------------------------- one line, never a traceback

@@ -15,6 +15,10 @@ ARGS = {  # registry name -> {component: (cfg kwargs, default args)}
               "ConsistencyPrecond": (dict(net=NET, label_dim=2), {}),
               "SongUNet": (dict(preset="ddpmpp", img_resolution=8, model_channels=16, channel_mult=(1, 2), num_blocks=1,
                                 attn_resolutions=(4,)), {}),
+              "GANHead": (dict(in_channels=32, resolution=8), {}),
+              "FakeScoreWithHead": (dict(score=dict(type="EDMPrecond", logvar_channels=0, net=dict(
+                  type="SongUNet", img_resolution=8, model_channels=16, channel_mult=(1, 2), num_blocks=1,
+                  attn_resolutions=()))), {}),
               "EDM2UNet": (dict(preset="tiny-xxs", channels=16, channels_per_head=16), {}),
               "DDPMUNet": (dict(preset="tiny", emb_ch=8, t_dim=16, c_dim=16), {}),
               "DDPMNet": (dict(net=NET, label_dim=2), {}),
