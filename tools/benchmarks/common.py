@@ -36,3 +36,23 @@ def trainer_step(cfg) -> tuple:
             hook.after_step(metrics)
 
     return trainer, step
+
+
+def denoiser_passes(labels: torch.Tensor | None) -> tuple:
+    """(fwd_bwd, fwd): factories of the single passes a distillation iteration is made of, timed alone for its ideal.
+    fwd_bwd(net, x, sigma) runs one forward and backward of denoiser `net` (then drops the grads); fwd(net, x, sigma)
+    one forward without autograd; both with class `labels`."""
+
+    def fwd_bwd(net, inp, s):
+        def run() -> None:
+            net(inp, s, labels).square().mean().backward()
+            net.zero_grad(set_to_none=True)
+        return run
+
+    def fwd(net, inp, s):
+        def run() -> None:
+            with torch.no_grad():
+                net(inp, s, labels)
+        return run
+
+    return fwd_bwd, fwd

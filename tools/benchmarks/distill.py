@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from tools.benchmarks.common import trainer_step
+from tools.benchmarks.common import denoiser_passes, trainer_step
 from tools.benchmarks.edm2 import interleaved, synthetic_mds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,17 +131,7 @@ def dmd2_passes(trainer, gan: bool) -> dict:
     sigma = obj.grid(x.device)[idx]
     x_t = x + sigma[:, None, None, None] * torch.randn_like(x)
 
-    def fwd_bwd(net, inp, s):
-        def run() -> None:
-            net(inp, s, labels).square().mean().backward()
-            net.zero_grad(set_to_none=True)
-        return run
-
-    def fwd(net, inp, s):
-        def run() -> None:
-            with torch.no_grad():
-                net(inp, s, labels)
-        return run
+    fwd_bwd, fwd = denoiser_passes(labels)
 
     passes = {"data": lambda: next(trainer.loader),
               "G_fwd_bwd": fwd_bwd(G, z, s_gen), "real_fwd": fwd(real, x_t, sigma), "fake_fwd": fwd(fake, x_t, sigma),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from tools.benchmarks.common import time_steps, trainer_step
+from tools.benchmarks.common import denoiser_passes, time_steps, trainer_step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,17 +47,7 @@ def _passes(trainer) -> dict:
     x_t = x + sigma[:, None] * torch.randn_like(x)
     optimizers = [trainer.strategy.optimizers[n] for n in ("generator", "fake_score")]
 
-    def fwd_bwd(net, inp, s):
-        def run() -> None:
-            net(inp, s, labels).square().mean().backward()
-            net.zero_grad(set_to_none=True)
-        return run
-
-    def fwd(net, inp, s):
-        def run() -> None:
-            with torch.no_grad():
-                net(inp, s, labels)
-        return run
+    fwd_bwd, fwd = denoiser_passes(labels)
 
     def adam() -> None:
         for opt in optimizers:
