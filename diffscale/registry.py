@@ -13,7 +13,7 @@ from typing import Any
 
 from mmengine.registry import Registry
 
-from diffscale.errors import ConfigError, closest
+from diffscale.errors import ConfigError, DataError, closest
 
 # Preconditioned networks (EDMPrecond, EDM2Precond) live with their objectives in diffscale.diffusion.
 MODELS = Registry("model", locations=["diffscale.models", "diffscale.diffusion"])
@@ -74,7 +74,7 @@ def build(registry: Registry, cfg: dict, key: str, **default_args: Any) -> Any:
             args.setdefault(name, value)
     try:
         return cls(**args)
-    except ConfigError:
+    except (ConfigError, DataError):  # already one line naming the key, or the shard and record
         raise
     except ValueError as exc:  # a combination the constructor rejects: name the keys it was given
         raise ConfigError(f"{key}: {getattr(cls, '__name__', cls)} rejects {_given(cfg, key)}: "

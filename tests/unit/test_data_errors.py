@@ -55,6 +55,12 @@ def test_a_corrupted_payload_is_caught_by_verify(copy):
     shard.write_bytes(bytes(data))
     with pytest.raises(DataError, match=rf"^data.train.verify: shard {shard}: content hash xxh64 \w+ differs"):
         MDSImageStream(str(folder), batch_gpu=4, verify=True)
+    # Built from a config (the registry's build turns a constructor's ValueError into a ConfigError naming its
+    # arguments): a DataError stays itself, the same one line.
+    from diffscale.registry import DATASETS, build
+
+    with pytest.raises(DataError, match=rf"^data.train.verify: shard {shard}: content hash xxh64 \w+ differs"):
+        build(DATASETS, dict(type="MDSImageStream", path=str(folder), verify=True), "data.train", batch_gpu=4)
 
 
 @pytest.mark.parametrize("damage", ["header", "truncated"])
