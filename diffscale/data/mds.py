@@ -251,6 +251,7 @@ class MDSIndex:
         for algo, file in zip(self.compressions, stored, strict=True):
             _check_compression(algo, file["basename"])
         self.basenames = [f["basename"] for f in stored]  # the files as stored (compressed: the zip_data)
+        self.hashes = [f.get("hashes") or {} for f in stored]  # {algorithm: hex digest} of each stored file
         self.shard_bytes = [int(f["bytes"]) for f in stored]
         self.raw_basenames = [s["raw_data"]["basename"] for s in shards]  # uncompressed, decompressed into
         self.raw_bytes = [int(s["raw_data"]["bytes"]) for s in shards]
@@ -451,13 +452,10 @@ class ShardStore:
 
     def verify_hashes(self) -> None:
         """Check every shard file against the content hash index.json records for it (xxh64 when listed, else
-        the first algorithm we compute); DataError naming the first that differs, ConfigError-free: a dataset
-        without hashes is a DataError too, since verification was asked for."""
+        the first algorithm we compute); a DataError names the first that differs. A dataset without hashes is a
+        DataError too, since verification was asked for."""
         ix = self.index
-        shards = json.loads((ix.root / INDEX_FILE).read_text())["shards"]
-        for shard, entry in enumerate(shards):
-            stored = entry["zip_data"] if ix.compressions[shard] else entry["raw_data"]
-            hashes = stored.get("hashes") or {}
+        for shard, hashes in enumerate(ix.hashes):
             algo = next((a for a in ("xxh64", *sorted(hashes)) if a in hashes and _hasher(a) is not None), None)
             path = self._stored(shard)
             if algo is None:

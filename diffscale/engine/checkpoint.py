@@ -41,8 +41,13 @@ def load_file(path: Path, device: torch.device | str = "cpu") -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        detail = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"{path}: refused or unreadable ({type(exc).__name__}: {detail})") from None
+        raise refusal(path, exc) from None
+
+
+def refusal(path: object, exc: BaseException) -> CheckpointError:
+    """The one-line CheckpointError of a file (or item) a reader refused or could not read."""
+    detail = " ".join(str(exc).split())[:300]
+    return CheckpointError(f"{path}: refused or unreadable ({type(exc).__name__}: {detail})")
 
 
 def checkpoint_dir(work_dir: str | Path, step: int) -> Path:
@@ -191,13 +196,7 @@ def resolve_resume(work_dir: str | Path, resume: str) -> Path | None:
         if reason:
             raise CheckpointError(f"--resume {resume}: not a complete checkpoint: {reason}")
         return ckpt
-    candidates = newest_first(Path(work_dir))
-    for ckpt in candidates:
-        reason = verify(ckpt)
-        if reason is None:
-            return ckpt
-        log.warning("checkpoint %s is incomplete or corrupted (%s); trying the previous one", ckpt, reason)
-    return None
+    return newest_complete(Path(work_dir), warn=True)
 
 
 def newest_first(work_dir: Path) -> list[Path]:
@@ -211,9 +210,12 @@ def newest_first(work_dir: Path) -> list[Path]:
     return candidates
 
 
-def newest_complete(work_dir: Path) -> Path | None:
-    """The first checkpoint of `newest_first` that verifies, or None."""
+def newest_complete(work_dir: Path, warn: bool = False) -> Path | None:
+    """The first checkpoint of `newest_first` that verifies, or None; `warn`: say why each one before it failed."""
     for candidate in newest_first(work_dir):
-        if verify(candidate) is None:
+        reason = verify(candidate)
+        if reason is None:
             return candidate
+        if warn:
+            log.warning("checkpoint %s is incomplete or corrupted (%s); trying the previous one", candidate, reason)
     return None

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from diffscale.engine.checkpoint import refusal
 from diffscale.errors import CheckpointError
 
 _REFUSED = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError)
@@ -38,12 +39,11 @@ def _deepspeed_globals() -> list:
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
-def _refused(path: object, exc: BaseException) -> CheckpointError:
+def refused(path: object, exc: BaseException) -> CheckpointError:
+    """The one-line CheckpointError of a refused or unreadable file; DCP's CheckpointException is unwrapped to the
+    rank's own exception, and a CheckpointError raised inside it is kept as it is."""
     exc = dcp_failure(exc)
-    if isinstance(exc, CheckpointError):
-        return exc
-    detail = " ".join(str(exc).split())[:300]
-    return CheckpointError(f"{path}: refused or unreadable ({type(exc).__name__}: {detail})")
+    return exc if isinstance(exc, CheckpointError) else refusal(path, exc)
 
 
 def dcp_failure(exc: BaseException) -> BaseException:
@@ -57,13 +57,18 @@ def dcp_failure(exc: BaseException) -> BaseException:
     return exc
 
 
-def safe_torch_load(path: str | Path, map_location: object = None, **_ignored: object) -> object:
-    """torch.load of a DeepSpeed file with weights_only=True and DeepSpeed's state records allowed."""
+def _weights_only(load, f, map_location: object) -> object:
+    """`load` (torch.load) of `f` with weights_only=True and DeepSpeed's state records allowed."""
     try:
         with torch.serialization.safe_globals(_deepspeed_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return load(f, map_location=map_location, weights_only=True)
     except _REFUSED as exc:
-        raise _refused(path, exc) from None
+        raise refused(f, exc) from None
+
+
+def safe_torch_load(path: str | Path, map_location: object = None, **_ignored: object) -> object:
+    """torch.load of a DeepSpeed file with weights_only=True and DeepSpeed's state records allowed."""
+    return _weights_only(torch.load, path, map_location)
 
 
 def guard_engine(engine: object) -> None:
@@ -79,11 +84,7 @@ def weights_only_torch_load() -> Iterator[None]:
     original = torch.load
 
     def load(f, map_location=None, *args, **kwargs):
-        try:
-            with torch.serialization.safe_globals(_deepspeed_globals()):
-                return original(f, map_location=map_location, weights_only=True)
-        except _REFUSED as exc:
-            raise _refused(f, exc) from None
+        return _weights_only(original, f, map_location)
 
     torch.load = load
     try:
@@ -141,7 +142,7 @@ def _filesystem_reader():
                 with open(path, "rb") as f:
                     metadata = _MetadataUnpickler(f, path).load()
             except _REFUSED as exc:
-                raise _refused(path, exc) from None
+                raise refused(path, exc) from None
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
@@ -161,7 +162,7 @@ def _load_bytes_safely(planner_cls: type) -> type:
             try:
                 loaded = torch.load(value, weights_only=True)
             except _REFUSED as exc:
-                raise _refused(f"DCP item {fqn}", exc) from None
+                raise refused(f"DCP item {fqn}", exc) from None
             if self.flatten_state_dict:
                 set_element(self.original_state_dict, self.mappings[fqn], loaded)
             else:
@@ -193,10 +194,8 @@ def dcp_read_all(checkpoint_dir: str | Path) -> dict:
     try:
         _load_state_dict(state, storage_reader=dcp_reader(checkpoint_dir),
                          planner=_load_bytes_safely(_EmptyStateDictLoadPlanner)(), no_dist=True)
-    except CheckpointError:
-        raise
     except BaseException as exc:  # DCP wraps a failed read in its CheckpointException, a BaseException
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        raise _refused(checkpoint_dir, exc) from None
+        raise refused(checkpoint_dir, exc) from None
     return state

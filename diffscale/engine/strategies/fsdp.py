@@ -14,9 +14,8 @@ from torch import nn
 
 from diffscale.engine.parts import Part
 from diffscale.engine.precision import DTYPES
-from diffscale.engine.safe_load import dcp_failure, dcp_planner, dcp_reader
+from diffscale.engine.safe_load import dcp_planner, dcp_reader, refused
 from diffscale.engine.strategies.base import Mirrors, TorchStrategy
-from diffscale.errors import CheckpointError
 from diffscale.registry import STRATEGIES
 
 
@@ -116,17 +115,10 @@ class FSDPStrategy(TorchStrategy):
         # reshards to this world size; reader and planner run no code from the files (engine/safe_load.py)
         try:
             dcp.load(state, storage_reader=dcp_reader(ckpt_dir / "dcp"), planner=dcp_planner())
-        except CheckpointError:
-            raise
         except BaseException as exc:  # DCP gathers each rank's failure into a CheckpointException (BaseException)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            inner = dcp_failure(exc)
-            if isinstance(inner, CheckpointError):
-                raise inner from None
-            detail = " ".join(str(inner).split())[:400]
-            raise CheckpointError(f"{ckpt_dir / 'dcp'}: refused or unreadable ({type(inner).__name__}: {detail})") \
-                from None
+            raise refused(ckpt_dir / "dcp", exc) from None
         for name, module in self.modules.items():
             entry = state[name]
             if name in self.optimizers:
