@@ -83,12 +83,11 @@ sampler = dict(type="ConsistencySampler", sigmas=(80.0,), sigma_min=0.002, clip_
 ema_name = "decay_0.9999"  # what EMAHook names the average below
 hooks = [
     dict(type="EMAHook", part="model", stds=(), decays=(0.9999,)),  # model.ema_rate = 0.9999, for evaluation
+    # An 8 x 8 grid of the EMA's one-step samples under work_dir/samples at every checkpoint.
+    dict(type="SampleHook", interval=10000, num=64, ema=ema_name, sampler=sampler),
 ]
-# No SampleHook yet (configs/edm/edm_cifar10_ddpmpp.py says why); once SongUNet declares its image shape:
-# dict(type="SampleHook", interval=10000, num=64, ema=ema_name, sampler=sampler).
 # tools/test.py CONFIG CKPT: 50k one-step class-conditional samples from the EMA, FID against the training set
 # (tools/compute_ref_stats.py --data data/cifar10/train --out data/cifar10/fid_ref.npz --config THIS_FILE).
 test_cfg = dict(part="model", num=50000, batch_gpu=256, seed=0, ema=ema_name, sampler=sampler, guide=None,
-                shape=(3, 32, 32),  # one sample (the precond does not declare its image shape)
                 images=True, ref="data/cifar10/fid_ref.npz")
 evaluators = [dict(type="FID")]  # torch-fidelity's Inception-v3 (the standard's TF port), 2048-d pool features

@@ -73,13 +73,14 @@ hooks = [
     # FID of the one-step generator during training (the seed's --ref_path: statistics of the CIFAR-10 test split),
     # on 10k samples every 5000 iterations; work_dir/best/ keeps the checkpoint of the lowest FID.
     dict(type="EvalHook", interval=5000, num=10000, best_metric="fid"),
+    # An 8 x 8 grid of the generator's one-step samples (classes 0..9 in turn) under work_dir/samples.
+    dict(type="SampleHook", interval=5000, num=64, sampler=sampler),
 ]
 # tools/test.py CONFIG CKPT: 50k one-step class-conditional samples of the generator, FID against the test split.
 test_cfg = dict(
     part="generator",  # the part that samples
     ema=None,  # raw weights (no EMAHook)
     sampler=sampler,  # x = G(80 z; 80)
-    shape=(3, 32, 32),  # one sample (the precond does not declare its image shape)
     images=True,  # samples go to the evaluators as images
     num=50000,  # the standard's sample count
     batch_gpu=256,  # samples per device per sampler call

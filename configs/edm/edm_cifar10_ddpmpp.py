@@ -60,14 +60,13 @@ ema_name = "decay_0.99929"  # what EMAHook names that average (checkpoints, expo
 hooks = [
     dict(type="EMAHook", stds=(), decays=(0.99929,)),  # the classic average only (no power-function ones)
     dict(type="ValidationHook", interval=10000, num_batches=4),  # held-out EDM loss on data.val (CIFAR-10 test)
+    # An 8 x 8 grid of the EMA's samples (classes 0..9 in turn) under work_dir/samples every 5.12 Mimg; the image
+    # shape comes from the network (SongUNet's img_channels, img_resolution).
+    dict(type="SampleHook", interval=10000, num=64, ema=ema_name, sampler=sampler),
 ]
-# No SampleHook yet: it takes a sample's shape from the network, and SongUNet does not declare img_channels /
-# img_resolution (tools/generate.py and tools/test.py take test_cfg.shape); add
-# dict(type="SampleHook", interval=10000, num=64, ema=ema_name, sampler=sampler) once it does.
 # tools/test.py CONFIG CKPT: 50k class-conditional samples from the EMA (classes uniform), FID against the training
 # set as EDM measures it (fid.py ref --data=cifar10-32x32.zip holds the 50k training images):
 #   tools/compute_ref_stats.py --data data/cifar10/train --out data/cifar10/fid_ref.npz --config THIS_FILE
 test_cfg = dict(num=50000, batch_gpu=256, seed=0, ema=ema_name, sampler=sampler, guide=None,
-                shape=(3, 32, 32),  # one sample (EDMPrecond does not declare its image shape)
                 images=True, ref="data/cifar10/fid_ref.npz")
 evaluators = [dict(type="FID")]  # torch-fidelity's Inception-v3 (the standard's TF port), 2048-d pool features
