@@ -63,11 +63,11 @@ def test_teacher_cd_dmd2_then_test(tmp_path):
     # 3. DMD2 with the GAN head on the trained teacher, launched as the README does: FID during training against
     # the test split's statistics, the best checkpoint kept, the generator's grid.
     ref = tmp_path / "fid_ref_test.npz"
-    gan_config = override(tmp_path / "dmd2_gan.py", "dmd2/dmd2_cifar10_gan.py", teacher + FID + (
-        f"data = dict(train=dict(path={str(train_data)!r}))\n"
-        "parts = dict(generator=dict(model=dict(net=net), init=teacher_run),\n"
-        "             fake_score=dict(model=dict(score=dict(net=net)), init=teacher_run),\n"
-        "             real_score=dict(model=dict(net=net), init=teacher_run))\n"
+    gan_config = override(tmp_path / "dmd2_gan.py", "dmd2/dmd2_cifar10_gan_trained_teacher.py", FID + (
+        f"data = dict(train=dict(path={str(train_data)!r}))\nstart = dict(checkpoint={str(edm)!r})\n"
+        "parts = dict(generator=dict(model=dict(net=net), init=start),\n"
+        "             fake_score=dict(model=dict(score=dict(net=net)), init=start),\n"
+        "             real_score=dict(model=dict(net=net), init=start))\n"
         f"test_cfg = dict(ref={str(ref)!r}, num=8, batch_gpu=4)\n"))
     run([sys.executable, str(ROOT / "tools/compute_ref_stats.py"), "--data", str(val_data), "--out", str(ref),
          "--config", gan_config])
