@@ -56,7 +56,9 @@ objective = dict(
 )
 train_cfg = dict(
     max_iters=1000000,  # --train_iters (DMD2's default, which the seed's runs keep); EvalHook keeps the best
-    batch_size=128,  # --batch_size 128 (DMD2's is per process: the seed's 128 on one device)
+    # --batch_size 128 (DMD2's is per process: the seed's 128 on one device). DMD2's ImageNet-64 runs use 280
+    # (--cfg-options train_cfg.batch_size=280 train_cfg.batch_gpu=35 on 8 devices).
+    batch_size=128,
     batch_gpu=128,  # per device per micro-batch; on more devices each takes 128 / world_size
     precision="bf16",  # autocast in bf16, fp32 weights and optimizer states
     seed=0,
