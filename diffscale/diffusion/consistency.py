@@ -12,7 +12,9 @@ dx/dsigma = (x - D(x, sigma)) / sigma from sigma_{n+1} down to sigma_n (the teac
 The target theta^- follows the student after every optimizer step, theta^- <- mu theta^- + (1 - mu) theta. With
 mu = 0 (the CIFAR-10 recipe of openai/consistency_models_cifar10: jcm/losses.py uses target_params = params) the
 target is the student itself under stop-gradient and no `target` part exists; mu > 0 (ImageNet-64 and LSUN: 0.95)
-needs the frozen part `target`, which the engine updates through `target_updates` (see that method).
+needs a frozen part `target` moved after every step (`follows`, `target_updates`). The objective computes that
+update on plain modules (`update_target`), but the trainer does not apply it yet, so it refuses an objective with
+mu > 0 at start-up rather than train against a target that never moves.
 """
 
 import math
@@ -95,7 +97,7 @@ def heun_step(teacher: nn.Module, x: torch.Tensor, sigma_from: torch.Tensor, sig
 @torch.no_grad()
 def lerp_target_(target: nn.Module, online: nn.Module, decay: float) -> None:
     """theta^- <- decay theta^- + (1 - decay) theta for every parameter of `target`, from the same-named parameter
-    of `online`, in place on plain (unsharded) modules. What `Strategy.lerp_part` (proposed) does on local pieces."""
+    of `online`, in place on plain (unsharded) modules."""
     src = dict(online.named_parameters())
     names = [n for n, _ in target.named_parameters()]
     if sorted(names) != sorted(src):
@@ -215,8 +217,8 @@ class ConsistencyDistillationLoss(Objective):
         self.lpips = build_lpips(lpips_weights, lpips_random_init) if distance == "lpips" else None
         self.target_part = "target" if self.target_decay > 0 else "model"
         self.parts = ("model", "teacher", "target") if self.target_decay > 0 else ("model", "teacher")
-        # Proposed protocol attribute: {frozen part: trainable part it follows}, read by the trainer before the
-        # strategy prepares the parts (copy theta^- <- theta, as Alg. 2 starts; keep the follower in fp32).
+        # {frozen part: trainable part it follows}. The trainer refuses a non-empty one: it does not move frozen
+        # parts yet (the module doc).
         self.follows = {"target": "model"} if self.target_decay > 0 else {}
 
     def phases(self, step: int) -> list[Phase]:
@@ -287,9 +289,9 @@ class ConsistencyDistillationLoss(Objective):
 
     # ------------------------------------------------------------------ the target network
     def target_updates(self, phase: Phase) -> list[TargetUpdate]:
-        """Proposed protocol method: the updates the trainer hands to the strategy (`Strategy.lerp_part`) after a
-        successful optimizer step of `phase` (none after a skipped one, as openai/consistency_models updates only
-        when the step was taken). Empty for mu = 0, where the target is the student itself."""
+        """The target updates due after a successful optimizer step of `phase` (none after a skipped one, as
+        openai/consistency_models updates only when the step was taken). Empty for mu = 0, where the target is the
+        student itself. Not applied by the trainer yet (the module doc)."""
         if self.target_decay == 0 or "model" not in phase.parts:
             return []
         return [TargetUpdate("target", "model", self.target_decay)]

@@ -91,6 +91,12 @@ class Trainer:
         self.part_summary = {name: (type(part.module).__name__, *count_params(part.module))
                              for name, part in self.parts.items()}
         self.objective = build(OBJECTIVES, cfg.objective, "objective")
+        follows = getattr(self.objective, "follows", None)  # {frozen part: trainable part it should track}
+        if follows:  # nothing here would move those parts: refuse rather than train against a fixed copy
+            raise ConfigError(f"objective: {type(self.objective).__name__} asks for the frozen part(s) "
+                              f"{sorted(follows)} to follow {sorted(set(follows.values()))} after every step, which "
+                              f"this trainer does not do yet (ConsistencyDistillationLoss: use target_decay=0, the "
+                              f"CIFAR-10 recipe's stop-gradient target)")
         missing = [p for p in self.objective.parts if p not in self.parts]
         if missing:
             raise ConfigError(f"objective: {type(self.objective).__name__} needs the parts "

@@ -71,6 +71,12 @@ lr_schedule = None
             "objective = dict(_delete_=True, type='DMD2Loss')",
      "objective: DMD2Loss needs the parts ['generator', 'fake_score', 'real_score']; the config has ['model'] "
      "(missing ['generator', 'fake_score', 'real_score'])"),
+    (BASE + f"parts = dict(model=dict(model={TOY}, optimizer=dict(type='Adam')), teacher=dict(model={TOY}), "
+            f"target=dict(model={TOY}))\nobjective = dict(_delete_=True, type='ConsistencyDistillationLoss', "
+            "target_decay=0.95)",
+     "objective: ConsistencyDistillationLoss asks for the frozen part(s) ['target'] to follow ['model'] after every "
+     "step, which this trainer does not do yet (ConsistencyDistillationLoss: use target_decay=0, the CIFAR-10 "
+     "recipe's stop-gradient target)"),
     (f'_base_ = ["{SMALL}"]\nhooks = [dict(type="EMAHook"), dict(type="EMAHook", stds=(0.2,))]',
      "hooks: two hooks named EMAHook; give one of them name='...'"),
     (f'_base_ = ["{SMALL}"]\nhooks = [dict(type="EMAHook", part="teacher")]',
