@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from diffscale.diffusion.base import Cond, LossOutput, Objective, Phase
-from diffscale.diffusion.dmd2 import karras_grid
+from diffscale.diffusion.dmd2 import expand_batch, karras_grid
 from diffscale.diffusion.edm import EDMPrecond, preconditioning
 from diffscale.errors import ConfigError
 from diffscale.registry import MODELS, OBJECTIVES
@@ -42,16 +42,11 @@ LPIPS_WEIGHTS_HELP = (
     "`torch.save(lpips.LPIPS(net='vgg').state_dict(), 'lpips_vgg.pth')`")
 
 
-def _expand(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    """[B] -> [B, 1, ...] broadcastable against a [B, ...] tensor of `ndim` dims."""
-    return v.reshape(-1, *([1] * (ndim - 1)))
-
-
 def boundary_scalings(sigma: torch.Tensor, sigma_data: float, sigma_min: float,
                       ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """c_skip, c_out [B, 1, ...] float32 of the consistency function at noise levels sigma [B]. At sigma ==
     float32(sigma_min) the difference is exactly 0, so c_skip == 1 and c_out == 0 bitwise."""
-    s = _expand(sigma.float(), ndim)
+    s = expand_batch(sigma.float(), ndim)
     sd = sigma_data
     c_skip = sd**2 / ((s - sigma_min) ** 2 + sd**2)
     c_out = (s - sigma_min) * sd / (s**2 + sd**2).sqrt()
@@ -87,10 +82,10 @@ def heun_step(teacher: nn.Module, x: torch.Tensor, sigma_from: torch.Tensor, sig
               labels: torch.Tensor | None) -> torch.Tensor:
     """One Heun step (EDM Alg. 1 without churn) of dx/dsigma = (x - D(x, sigma)) / sigma from sigma_from [B] to
     sigma_to [B] (both > 0), the teacher evaluated at both ends. float32 [B, ...]."""
-    h = _expand(sigma_to - sigma_from, x.ndim)
-    d_from = (x - teacher(x, sigma_from, labels).float()) / _expand(sigma_from, x.ndim)
+    h = expand_batch(sigma_to - sigma_from, x.ndim)
+    d_from = (x - teacher(x, sigma_from, labels).float()) / expand_batch(sigma_from, x.ndim)
     x_euler = x + h * d_from
-    d_to = (x_euler - teacher(x_euler, sigma_to, labels).float()) / _expand(sigma_to, x.ndim)
+    d_to = (x_euler - teacher(x_euler, sigma_to, labels).float()) / expand_batch(sigma_to, x.ndim)
     return x + h * (0.5 * d_from + 0.5 * d_to)
 
 
@@ -254,7 +249,7 @@ class ConsistencyDistillationLoss(Objective):
         x, labels = batch["x"].float(), batch.get("label")
         grid = self.grid(x.device)
         sigma_lo, sigma_hi = grid[cond["index"]], grid[cond["index"] + 1]
-        x_hi = x + _expand(sigma_hi, x.ndim) * cond["noise"].float()
+        x_hi = x + expand_batch(sigma_hi, x.ndim) * cond["noise"].float()
         with torch.no_grad():  # the ODE step and the target are the regression target (stop-gradient)
             x_lo = heun_step(models["teacher"], x_hi, sigma_hi, sigma_lo, labels)
             target = models[self.target_part](x_lo, sigma_lo, labels).float()

@@ -63,7 +63,7 @@ def _per_example_mean(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).mean(1)
 
 
-def _expand(v: torch.Tensor, ndim: int) -> torch.Tensor:
+def expand_batch(v: torch.Tensor, ndim: int) -> torch.Tensor:
     """[B] -> [B, 1, ...] broadcastable against a [B, ...] tensor of `ndim` dims."""
     return v.reshape(-1, *([1] * (ndim - 1)))
 
@@ -224,7 +224,7 @@ class DMD2Loss(Objective):
         """EDM weighted denoising loss [B] (float32, mean over elements) of `model` on batch['x'] at `cond`:
         lambda(sigma) mean (D(x + sigma n, sigma) - x)^2, lambda = (sigma^2 + sd^2) / (sigma sd)^2."""
         x = batch["x"].float()
-        s = _expand(cond["sigma"], x.ndim)
+        s = expand_batch(cond["sigma"], x.ndim)
         D_x = model(x + s * cond["noise"], cond["sigma"], batch.get("label")).float()
         weight = (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
         return _per_example_mean(weight * (D_x - x) ** 2)
@@ -248,14 +248,14 @@ class DMD2Loss(Objective):
         sigma = self.grid(x.device)[idx]
         eps = torch.randn(x.shape, device=x.device, generator=generator)
         with torch.no_grad():  # the scores are targets here: neither is updated by this phase
-            x_t = x_g.detach() + _expand(sigma, x.ndim) * eps
+            x_t = x_g.detach() + expand_batch(sigma, x.ndim) * eps
             p_real = x_g.detach() - models["real_score"](x_t, sigma, labels).float()
             p_fake = x_g.detach() - models["fake_score"](x_t, sigma, labels).float()
             # DMD's per-example normaliser: the mean absolute distance to the teacher's denoised estimate.
             w = p_real.abs().flatten(1).mean(1)
             # A zero normaliser (the teacher reproduces x_g exactly) gives 0/0 or x/0: no usable direction, so every
             # non-finite entry becomes 0 rather than float max, which would overflow the squared loss to inf.
-            g = torch.nan_to_num((p_real - p_fake) / _expand(w, x.ndim), nan=0.0, posinf=0.0, neginf=0.0)
+            g = torch.nan_to_num((p_real - p_fake) / expand_batch(w, x.ndim), nan=0.0, posinf=0.0, neginf=0.0)
             target = x_g.detach() - g
         loss = 0.5 * _per_example_mean((x_g - target) ** 2)
         logs = {"dmd_weight": w.mean(), "grad_norm_dm": g.abs().mean()}
@@ -301,7 +301,7 @@ class DMD2Loss(Objective):
         if self.diffusion_gan:
             k = torch.randint(0, self.diffusion_gan_max_timestep, (x.shape[0],), device=x.device, generator=generator)
             sigma = grid[k]
-            x = x + _expand(sigma, x.ndim) * torch.randn(x.shape, device=x.device, generator=generator)
+            x = x + expand_batch(sigma, x.ndim) * torch.randn(x.shape, device=x.device, generator=generator)
         else:
             sigma = grid[:1].expand(x.shape[0])
         return fake_score(x, sigma, labels, return_logits=True).float()
