@@ -50,14 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     dist_info = init_distributed(args.launcher, need_group=cfg.strategy["type"] != "ddp")
     try:
         Trainer(cfg, dist_info, resume=args.resume).train()
-    except WorkDirBusy as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (WorkDirBusy, CheckpointError, DataError) as exc:  # a busy work_dir (a ConfigError: caught first) or
+        print(f"error: {exc}", file=sys.stderr)  # a bad input file: refused, named, nothing run
         return 2
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except (CheckpointError, DataError) as exc:  # a bad input file: refused, named, nothing run
-        print(f"error: {exc}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

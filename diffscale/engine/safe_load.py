@@ -46,6 +46,18 @@ def refused(path: object, exc: BaseException) -> CheckpointError:
     return exc if isinstance(exc, CheckpointError) else refusal(path, exc)
 
 
+@contextlib.contextmanager
+def refusing(path: object) -> Iterator[None]:
+    """Any failure inside the block (DCP's CheckpointException is a BaseException gathering every rank's) becomes
+    `refused(path, ...)`; KeyboardInterrupt and SystemExit pass through."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        raise refused(path, exc) from None
+
+
 def dcp_failure(exc: BaseException) -> BaseException:
     """The first rank's own exception inside DCP's CheckpointException (a BaseException whose text is every rank's
     traceback); any other exception as it is."""
@@ -191,11 +203,7 @@ def dcp_read_all(checkpoint_dir: str | Path) -> dict:
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     state: dict = {}
-    try:
+    with refusing(checkpoint_dir):
         _load_state_dict(state, storage_reader=dcp_reader(checkpoint_dir),
                          planner=_load_bytes_safely(_EmptyStateDictLoadPlanner)(), no_dist=True)
-    except BaseException as exc:  # DCP wraps a failed read in its CheckpointException, a BaseException
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise refused(checkpoint_dir, exc) from None
     return state

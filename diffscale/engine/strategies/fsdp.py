@@ -14,7 +14,7 @@ from torch import nn
 
 from diffscale.engine.parts import Part
 from diffscale.engine.precision import DTYPES
-from diffscale.engine.safe_load import dcp_planner, dcp_reader, refused
+from diffscale.engine.safe_load import dcp_planner, dcp_reader, refusing
 from diffscale.engine.strategies.base import Mirrors, TorchStrategy
 from diffscale.registry import STRATEGIES
 
@@ -113,12 +113,8 @@ class FSDPStrategy(TorchStrategy):
 
         state = self._state(mirrors)
         # reshards to this world size; reader and planner run no code from the files (engine/safe_load.py)
-        try:
+        with refusing(ckpt_dir / "dcp"):
             dcp.load(state, storage_reader=dcp_reader(ckpt_dir / "dcp"), planner=dcp_planner())
-        except BaseException as exc:  # DCP gathers each rank's failure into a CheckpointException (BaseException)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            raise refused(ckpt_dir / "dcp", exc) from None
         for name, module in self.modules.items():
             entry = state[name]
             if name in self.optimizers:
