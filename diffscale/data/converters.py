@@ -508,6 +508,12 @@ def verify(out_dir: Path, meta: dict) -> None:
                               f"{None if counts is None else counts.tolist()}, expected {meta['num_samples']} "
                               f"and {meta['label_counts']}")
     check_against_mosaic(out_dir, index, store, "x")
+    check_hashes(store)
+
+
+def check_hashes(store: ShardStore) -> None:
+    """Every shard written matches the content hashes its index.json records (a ConversionError names the first
+    that does not)."""
     try:
         store.verify_hashes()
     except DataError as exc:

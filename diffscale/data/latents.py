@@ -37,12 +37,12 @@ from diffscale.data.converters import (
     ConversionError,
     center_crop_resize,
     check_against_mosaic,
+    check_hashes,
     decode_image,
     list_imagefolder,
 )
 from diffscale.data.mds import INDEX_FILE, META_FILE, WRITE_HASHES, MDSIndex, ShardStore
 from diffscale.data.streaming import IMAGE_KEY, INV_HALF_RANGE, LABEL_KEY, MOMENTS_KEY
-from diffscale.errors import DataError
 from diffscale.utils import dist
 
 SOURCES = ("imagefolder", "mds")
@@ -196,10 +196,7 @@ def verify_latents(out_dir: Path, meta: dict, labels: np.ndarray) -> None:
         raise ConversionError(f"{out_dir}: read back {index.num_samples} samples with label histogram {counts}, "
                               f"expected {len(labels)} and {meta['label_counts']} in input order")
     check_against_mosaic(out_dir, index, store, MOMENTS_KEY)
-    try:
-        store.verify_hashes()
-    except DataError as exc:
-        raise ConversionError(str(exc)) from None
+    check_hashes(store)
 
 
 # ---------------------------------------------------------------------------------------------- the run
