@@ -120,10 +120,6 @@ class FakeScoreWithHead(EDMPrecond):
         self.head = build(MODELS, dict(head or {"type": "GANHead"}), "model.head", in_channels=channels,
                           resolution=height)
 
-    def fsdp_units(self) -> list[nn.Module]:
-        """The body's blocks (FSDP2 shards each, then the root); the head stays with the root."""
-        return list(self.net.fsdp_units()) if hasattr(self.net, "fsdp_units") else []
-
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
                 return_logvar: bool = False, return_logits: bool = False):
         if not return_logits:

@@ -163,6 +163,21 @@ def test_fsdp_units_are_every_residual_block():
                     "enc.8x8_aux_residual", "dec.16x16_aux_norm", "dec.16x16_aux_conv"}
 
 
+def test_fsdp_shards_the_body_inside_its_preconditioners():
+    """FSDP2 shards the SongUNet blocks of every wrapper a run builds around it (the EDM teacher and DMD2's
+    generator, the consistency student, DMD2's fake score with its head at the root), not only the bare net."""
+    from diffscale.diffusion.consistency import ConsistencyPrecond
+    from diffscale.diffusion.dmd2 import FakeScoreWithHead
+    from diffscale.engine.strategies.fsdp import shard_units
+
+    net = dict(type="SongUNet", preset="ddpmpp", img_resolution=16, label_dim=10, model_channels=16,
+               channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,))
+    for model in (EDMPrecond(net, label_dim=10, logvar_channels=0), ConsistencyPrecond(net, label_dim=10),
+                  FakeScoreWithHead(dict(net=net, label_dim=10))):
+        units = shard_units(model)
+        assert [id(u) for u in units] == [id(u) for u in model.net.fsdp_units()] and len(units) > 4
+
+
 def test_fsdp2_sharded_forward_and_backward(single_rank_group):
     """Sharded block by block (strategies/fsdp.py), the network computes the same outputs and gradients."""
     import copy

@@ -20,9 +20,11 @@ from diffscale.registry import STRATEGIES
 
 
 def shard_units(module: nn.Module) -> list[nn.Module]:
-    """The blocks to shard one by one: a model may say (`fsdp_units()`), else every ModuleList entry."""
-    if hasattr(module, "fsdp_units"):
-        return list(module.fsdp_units())
+    """The blocks to shard one by one: a model may say (`fsdp_units()`), or the body a preconditioning wrapper
+    holds as `net` (EDMPrecond(SongUNet), ...) may; else every ModuleList entry."""
+    for candidate in (module, getattr(module, "net", None)):
+        if isinstance(candidate, nn.Module) and hasattr(candidate, "fsdp_units"):
+            return list(candidate.fsdp_units())
     return [child for m in module.modules() if isinstance(m, nn.ModuleList) for child in m]
 
 
