@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from diffscale.data.mds import INDEX_FILE, META_FILE, WRITE_HASHES, MDSIndex, ShardStore
 from diffscale.errors import DataError
+from diffscale.utils.pickle_globals import numpy_globals
 
 SOURCES = ("tiny-imagenet", "imagefolder", "cifar10", "imagenet64", "npz")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
@@ -115,18 +116,12 @@ def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -
 
 
 def _pickle_globals() -> dict[tuple[str, str], object]:
-    """The globals that pickled numpy arrays and scalars name (numpy 1 writes numpy.core, numpy 2 numpy._core),
-    taken from numpy's own reducers rather than imported by name."""
-    reconstruct = np.zeros(1, np.uint8).__reduce__()[0]  # multiarray._reconstruct (protocols 0-4)
+    """numpy arrays and scalars (utils/pickle_globals.py), protocol 5's buffer reconstructor, latin1 bytes and the
+    plain builtins a dataset pickle may name."""
     frombuffer = np.zeros(1, np.uint8).__reduce_ex__(5)[0]  # numeric._frombuffer (protocol 5)
-    scalar = np.int64(0).__reduce__()[0]  # multiarray.scalar (numpy scalars, e.g. labels of type np.int64)
-    allowed: dict[tuple[str, str], object] = {
-        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode,
-        **{("builtins", t.__name__): t for t in (bytes, bytearray, set, frozenset)},
-    }
+    allowed = {**numpy_globals(), ("_codecs", "encode"): _latin1_encode,
+               **{("builtins", t.__name__): t for t in (bytes, bytearray, set, frozenset)}}
     for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = scalar
         allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
     return allowed
 

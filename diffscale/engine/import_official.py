@@ -7,7 +7,8 @@ The published pickles (edm-cifar10-32x32-cond-vp.pkl, edm2-img512-xs-*.pkl, ...)
 `__dict__`: `_parameters`, `_buffers`, `_modules`, plain attributes). `pickle.load` would exec module_src.
 
 `OfficialUnpickler` resolves globals from an allow-list only: tensor and storage reconstruction (storages are
-read back with torch.load(weights_only=True)), OrderedDict, sets, numpy arrays and scalars. The persistence hook
+read back with torch.load(weights_only=True)), OrderedDict, sets, numpy arrays and scalars
+(utils/pickle_globals.py). The persistence hook
 becomes `PersistedObject` (the meta, module_src kept as text and never run); a class of the official code bases
 (dnnlib, torch_utils, training) or a torch container becomes an inert `PickledRecord`; any other global is
 refused with a CheckpointError naming the file and the global.
@@ -40,10 +41,10 @@ import pickle
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from diffscale.errors import CheckpointError, ConfigError
+from diffscale.utils.pickle_globals import numpy_globals
 
 _INERT_MODULES = ("dnnlib", "torch_utils", "training")  # the official code bases: their classes become records
 
@@ -106,17 +107,8 @@ def _rebuild_parameter(data, *ignored):
     return data
 
 
-def _numpy_globals() -> dict[tuple[str, str], object]:
-    """What pickled numpy arrays and scalars name (numpy 1: numpy.core, numpy 2: numpy._core), taken from numpy's own
-    reducers as data/converters.py does."""
-    reconstruct, scalar = np.zeros(1).__reduce__()[0], np.float64(0).__reduce__()[0]
-    return {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-            **{(f"{core}.multiarray", n): f for core in ("numpy.core", "numpy._core")
-               for n, f in (("_reconstruct", reconstruct), ("scalar", scalar))}}
-
-
 _ALLOWED = {  # numpy arrays and scalars, sets, tensors and storages, the persistence hook
-    **_numpy_globals(), ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
+    **numpy_globals(), ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
     ("builtins", "bytearray"): bytearray, ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch.storage", "_load_from_bytes"): _load_storage, ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor, ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
