@@ -8,7 +8,6 @@ beside the averaged parameters): the keys under 'ema.pf_0.050.' alone load stric
 dots: read them from there rather than splitting keys)."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,18 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="output .safetensors path")
     p.add_argument("--part", help="export only this part (e.g. generator)")
     args = p.parse_args(argv)
-    from safetensors.torch import save_file
-
-    from diffscale.engine.export import flat_weights
+    from diffscale.engine.export import flat_weights, save_export
 
     try:
         tensors, meta = flat_weights(args.checkpoint, args.part)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, args.out,
-              metadata={k: json.dumps(v) for k, v in meta.items()})
+    save_export(args.out, tensors, meta)  # atomic: a killed export leaves no half file
     counts = ", ".join(f"{part} {sum(k.startswith(part + '.') for k in tensors)}" for part in meta["parts"])
     print(f"wrote {args.out}: tensors per part: {counts}; averages {meta['averages']}, step {meta['step']}")
     return 0

@@ -10,6 +10,8 @@ whole state dict (the part's buffers beside the averaged parameters). Average na
 'decay_0.9999'), so a reader takes them from the metadata's `averages`, never by splitting keys.
 """
 
+import json
+import os
 from pathlib import Path
 
 import torch
@@ -95,3 +97,16 @@ def flat_weights(ckpt: str | Path, part: str | None = None) -> tuple[dict[str, t
             flat.update({f"{prefix}{avg}.{k}": v for k, v in complete_average(state, params).items()})
             average_names.append(f"{prefix}{avg}"[len("ema."):])
     return flat, dict(meta, parts=names, averages=sorted(average_names))
+
+
+def save_export(out: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write an export file: `tensors` (made contiguous) with each metadata value JSON-encoded, through a temporary
+    file renamed when complete, so a killed export leaves no half-written file under `out`'s name."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={k: json.dumps(v) for k, v in meta.items()})
+    os.replace(tmp, out)

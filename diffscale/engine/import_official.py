@@ -36,7 +36,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import pickle
 import re
 from pathlib import Path
@@ -471,21 +470,17 @@ def write_export(out: str | Path, model_cfg: dict, state: dict[str, torch.Tensor
                  ema_name: str | None = None) -> None:
     """Write an export file (engine/export.py's layout: part 'model'), with the model config and source in the
     metadata. `ema_name`: also store the weights as that average (for configs whose test_cfg.ema names one)."""
-    from safetensors.torch import save_file
+    from diffscale.engine.export import save_export
 
-    tensors = {f"model.{k}": v.float().contiguous().clone() for k, v in state.items()}
+    tensors = {f"model.{k}": v.float().clone() for k, v in state.items()}
     if ema_name:
-        tensors.update({f"ema.{ema_name}.{k}": v.float().contiguous().clone() for k, v in state.items()})
+        tensors.update({f"ema.{ema_name}.{k}": v.float().clone() for k, v in state.items()})
     meta = {"parts": ["model"], "averages": [ema_name] if ema_name else [], "step": 0, "nimg": None,
             "strategy": f"import:{info['format']}", "model_config": model_cfg,
             "source": {k: v for k, v in info.items() if k != "encoder"}}
     if "encoder" in info:
         meta["encoder"] = info["encoder"]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")  # renamed when complete: a killed import leaves no half export
-    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
-    os.replace(tmp, out)
+    save_export(out, tensors, meta)  # renamed when complete: a killed import leaves no half export
 
 
 def build_from_export(path: str | Path, ema: str | None = None) -> torch.nn.Module:
